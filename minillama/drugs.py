@@ -344,13 +344,14 @@ class Drugs:
         return {site: list(row) for site, row in _theta_table(self, n_layers).items()}
 
     def plan(self, n_layers: int, generators: Sequence[torch.Generator]) -> "NoisePlan | None":
-        """The noise for one forward pass over a batch: one generator per batch row (each sequence's own stream).
-        None when every angle is zero, so the model's clean path costs nothing."""
+        """The noise for one forward pass over a batch: one generator per batch row (each sequence's own stream;
+        `apply` checks the count against the batch). None when every angle is zero, so the model's clean path costs
+        nothing. Raises SamplerArgumentError when an explicit per-layer shape does not fit n_layers."""
         table = _theta_table(self, n_layers)
         if not any(any(row) for row in table.values()):
             return None
         generators = list(generators)
-        if not generators or not all(isinstance(g, torch.Generator) for g in generators):
+        if not all(isinstance(g, torch.Generator) for g in generators):
             raise _fail("generators", "need one torch.Generator per batch row")
         return NoisePlan(table, generators, self.sink_protect, self.kind)
 
