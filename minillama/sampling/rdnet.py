@@ -16,8 +16,8 @@ vocab space ([memory_size, vocab], seeded): a fixed random projection of hidden-
 [d] -> [vocab]) to project hidden-space values with the model's own head instead.
 
 Drift schedule, exactly: drift(t) = drift_floor + (drift_start − drift_floor) · exp(−t / decay), with t the number
-of tokens this sampler has accepted since construction or reset() — strong at first, decaying to the floor with
-an e-folding time of `decay` tokens. Each fork (clone()) keeps t and draws its noise from its own ctx.generator,
+of tokens this sampler has drawn (sample() calls) since construction or reset() — strong at first, decaying to the
+floor with an e-folding time of `decay` tokens. (Not accept() calls: the engine feeds the prompt through accept().) Each fork (clone()) keeps t and draws its noise from its own ctx.generator,
 so n samples drift independently yet reproducibly. mix = 0 skips the memory altogether (no generator draw), so
 the tokens are exactly the base sampler's.
 """
@@ -71,7 +71,7 @@ class RDNet:
         return self.base.capture
 
     def drift_at(self, step: int) -> float:
-        """The drift scale after `step` accepted tokens (see the module docstring for the schedule)."""
+        """The drift scale at the `step`-th drawn token, from 0 (see the module docstring for the schedule)."""
         return self.drift_floor + (self.drift_start - self.drift_floor) * math.exp(-step / self.decay)
 
     def _build(self, dim: int, vocab: int, device: torch.device) -> None:
@@ -83,14 +83,14 @@ class RDNet:
         width = dim if self.lm_head is not None else vocab
         self._values = torch.randn(self.memory_size, width, generator=g).to(device)
 
-    def memory_bias(self, ctx: StepContext) -> tuple[torch.Tensor, float]:
-        """The standardized memory read b in vocab space for this step, and the drift scale used."""
+    def memory_bias(self, ctx: StepContext, step: int) -> tuple[torch.Tensor, float]:
+        """The standardized memory read b in vocab space at drift step `step`, and the drift scale used."""
         h = ctx.hidden.float().reshape(-1)
         vocab = ctx.logits.shape[-1]
         if self._keys is None or self._keys.device != h.device or (self.lm_head is None
                                                                     and self._values.shape[1] != vocab):
             self._build(h.numel(), vocab, h.device)
-        drift = self.drift_at(self.step)
+        drift = self.drift_at(step)
         noise = torch.randn(self._keys.shape, generator=ctx.generator, device=ctx.generator.device)
         keys = self._keys + drift * noise.to(h.device)
         weights = torch.softmax(keys @ h / math.sqrt(h.numel()), dim=0)
@@ -102,18 +102,19 @@ class RDNet:
         return b.to(ctx.logits.device), drift
 
     def sample(self, ctx: StepContext) -> int:
+        step = self.step
+        self.step += 1
         if self.mix == 0:
-            ctx.record.update(rdnet_drift=0.0, rdnet_step=self.step)
+            ctx.record.update(rdnet_drift=self.drift_at(step), rdnet_step=step, rdnet_mix=0.0)
             return self.base.sample(ctx)
-        bias, drift = self.memory_bias(ctx)
-        ctx.record.update(rdnet_drift=drift, rdnet_step=self.step, rdnet_mix=self.mix)
+        bias, drift = self.memory_bias(ctx, step)
+        ctx.record.update(rdnet_drift=drift, rdnet_step=step, rdnet_mix=self.mix)
         mixed = StepContext(logits=ctx.logits.float() + self.mix * bias, tokens=ctx.tokens,
                             prompt_len=ctx.prompt_len, hidden=ctx.hidden, generator=ctx.generator,
                             attention=ctx.attention, lookahead=ctx.lookahead, record=ctx.record)
         return self.base.sample(mixed)
 
     def accept(self, token: int) -> None:
-        self.step += 1
         self.base.accept(token)
 
     def reset(self) -> None:
