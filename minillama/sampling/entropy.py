@@ -156,12 +156,13 @@ def _vocab_size(tokenizer: Any) -> int | None:
 def find_token(tokenizer: Any, texts: tuple[str, ...], piece_names: tuple[str, ...]) -> int | None:
     """The id of a single token that decodes to one of `texts` (tried in order), or None.
 
-    First asks `tokenizer.id_of(name)` for the usual spellings of such a piece (plain, GPT-2 "Ġ" space, SentencePiece
-    "▁" space); then scans `tokenizer.token_bytes(i)` over the vocabulary for exact byte matches.
+    First asks `tokenizer.id_of` for each text and then for the raw piece spellings (GPT-2 "Ġ" space, SentencePiece
+    "▁" space) of tokenizers that look pieces up by name; then scans `tokenizer.token_bytes(i)` over the vocabulary
+    for exact byte matches.
     """
     id_of = getattr(tokenizer, "id_of", None)
     if callable(id_of):
-        for name in piece_names:
+        for name in texts + piece_names:
             try:
                 found = id_of(name)
             except (KeyError, ValueError, LookupError):
