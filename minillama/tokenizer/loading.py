@@ -15,7 +15,9 @@ from ..errors import TokenizerError
 from .base import AddedToken, Tokenizer
 from .bpe import ByteLevelBPETokenizer, Normalizer, unicode_normalizer
 from .chat import ChatTemplate
-from .pretokenize import GGUF_PRE_TOKENIZERS, GPT2_PATTERN, Splitter, chain, split_digits, split_isolated, split_removed
+from .pretokenize import (
+    GGUF_IGNORE_MERGES, GGUF_PRE_TOKENIZERS, GPT2_PATTERN, Splitter, chain, split_digits, split_isolated, split_removed,
+)
 from .spm import SentencePieceTokenizer, SpmVocabTokenizer, load_sentencepiece
 from .tiktoken_bpe import TiktokenTokenizer, is_tiktoken_file
 
@@ -348,6 +350,7 @@ def tokenizer_from_gguf(metadata: dict[str, Any], source: str = "GGUF metadata")
             vocab={t: i for i, t in enumerate(tokens)},
             merges=merges,
             pre_tokenizer=GGUF_PRE_TOKENIZERS[pre](),
+            ignore_merges=pre in GGUF_IGNORE_MERGES,
             unk_id=key("unknown_token_id"),
             added_tokens=added,
             bos_id=bos_id,

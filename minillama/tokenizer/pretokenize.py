@@ -182,3 +182,6 @@ GGUF_PRE_TOKENIZERS: dict[str, Callable[[], Splitter]] = {
     "starcoder": lambda: chain([split_digits(individual=True), split_isolated(GPT2_PATTERN)]),
     "refact": lambda: chain([split_digits(individual=True), split_isolated(GPT2_PATTERN)]),
 }
+# Pre-tokenizers after which llama.cpp takes a word that is a whole token as is, without merging (Llama 3's
+# tokenizer.json says the same with "ignore_merges": true).
+GGUF_IGNORE_MERGES = frozenset({"llama-bpe", "llama3"})
