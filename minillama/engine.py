@@ -154,14 +154,18 @@ class Stream:
             piece = first.printable()
             if piece:
                 return piece
-            if all(r.finished for r in self._runs):
+            if self.finished:
                 self._finish()
                 raise StopIteration
             try:
-                self._engine._step(self._runs, self._stats)
+                self._engine.step([self])
             except KeyboardInterrupt:
                 self.close()
                 raise
+
+    @property
+    def finished(self) -> bool:
+        return all(r.finished for r in self._runs)
 
     def close(self) -> None:
         """Stop generating now; unfinished samples end as "interrupted"."""
@@ -187,8 +191,9 @@ class Stream:
             raise RuntimeError("the stream has not finished yet; iterate it to the end or call close()")
         return self._completion
 
-    def text_so_far(self) -> str:
-        return self._runs[0].text
+    def poll(self) -> list[str]:
+        """For each sample, the printable text produced since the last poll (what a server streams out)."""
+        return [r.printable() for r in self._runs]
 
 
 class Engine:
@@ -255,8 +260,8 @@ class Engine:
         stream = self.stream(prompt, max_new_tokens=max_new_tokens, sampler=sampler, seed=seed, stop=stop, n=n,
                              drugs=drugs, records=records)
         try:
-            while not all(r.finished for r in stream._runs):
-                self._step(stream._runs, stream._stats)
+            while not stream.finished:
+                self.step([stream])
         except KeyboardInterrupt:
             stream.close()
             raise
@@ -371,16 +376,22 @@ class Engine:
             self.cache.free(r.seq)
 
     @torch.inference_mode()
-    def _step(self, runs: list[_Run], stats: Stats) -> None:
-        """Sample one token for every unfinished run, then forward them all in one batch."""
-        active = [r for r in runs if not r.finished]
-        t_sample = time.perf_counter()
-        for run in active:
-            token = self._sample(run)
-            if stats.new_tokens == 0:
-                stats.ttft_s = stats.prefill_s + time.perf_counter() - t_sample
-            stats.new_tokens += 1
-            self._advance(run, token)
+    def step(self, streams: list[Stream]) -> None:
+        """One decode step for every unfinished sample of these streams, in one batched forward (per distinct
+        dose of drugs). Streams may come from different requests: this is what continuous batching calls."""
+        active: list[_Run] = []
+        for stream in streams:
+            runs = [r for r in stream._runs if not r.finished]
+            t_sample = time.perf_counter()
+            for run in runs:
+                token = self._sample(run)
+                if stream._stats.new_tokens == 0:
+                    stream._stats.ttft_s = stream._stats.prefill_s + time.perf_counter() - t_sample
+                stream._stats.new_tokens += 1
+                self._advance(run, token)
+            active.extend(runs)
+            if stream.finished:
+                stream._finish()
         feeding = [r for r in active if not r.finished]
         if not feeding:
             return
