@@ -341,7 +341,9 @@ def _parse_text_value(name: str, raw: str) -> Any:
             if raw.startswith("{"):
                 return json.loads(raw)
             return dict(parse_logit_bias(part) for part in re.split(r"[;,]", raw) if part.strip())
-    except (ValueError, json.JSONDecodeError):
+    except SamplerArgumentError:
+        raise
+    except ValueError:       # int()/float()/json.loads on text that is not one
         raise SamplerArgumentError(f"{name}={raw!r}: expected {_EXPECTED.get(name, kind)}") from None
     raise AssertionError(f"no parser for {name}")
 
