@@ -39,13 +39,21 @@ class Sequence:
 
 
 class BlockManager:
-    """Reference-counted block ids. Hands out the block right after a given one when it can, to keep sequences
-    contiguous."""
+    """Reference-counted block ids, plus a prefix index of full, clean blocks (nano-vllm's chained hash).
+
+    A full block of prompt tokens is indexed by a hash of its tokens chained with the previous block's hash, so
+    equal hashes mean equal prefixes (verified by comparing tokens). When its last user frees it, an indexed block
+    keeps its contents and stays findable until the block is handed out again: a later request with the same
+    prompt prefix picks it up instead of recomputing it. Plain free blocks are handed out before indexed ones,
+    and the block right after a sequence's last one is preferred, to keep sequences contiguous."""
 
     def __init__(self, capacity: int, max_blocks: int):
         self.max_blocks = max_blocks
         self.ref_counts: list[int] = [0] * capacity
-        self.free: set[int] = set(range(capacity))
+        self.free: set[int] = set(range(capacity))      # plain free blocks
+        self.free_indexed: dict[int, None] = {}          # free blocks still in the prefix index, oldest first
+        self.hash_to_block: dict[int, int] = {}
+        self.block_key: dict[int, tuple[int, tuple[int, ...]]] = {}   # block -> (hash, tokens)
 
     @property
     def capacity(self) -> int:
@@ -53,30 +61,69 @@ class BlockManager:
 
     @property
     def used_blocks(self) -> int:
-        return self.capacity - len(self.free)
+        """Blocks some sequence holds (indexed blocks nobody holds count as free)."""
+        return self.capacity - len(self.free) - len(self.free_indexed)
 
     @property
     def free_blocks(self) -> int:
         """Blocks that can still be handed out, counting those the pool may grow to."""
-        return len(self.free) + self.max_blocks - self.capacity
+        return len(self.free) + len(self.free_indexed) + self.max_blocks - self.capacity
 
     def extend(self, new_capacity: int) -> None:
         self.free.update(range(self.capacity, new_capacity))
         self.ref_counts.extend([0] * (new_capacity - self.capacity))
 
     def allocate(self, after: int | None = None) -> int:
-        block = after + 1 if after is not None and after + 1 in self.free else min(self.free)
-        self.free.remove(block)
+        nxt = None if after is None else after + 1
+        if nxt is not None and nxt in self.free:
+            block = nxt
+        elif self.free:
+            block = min(self.free)
+        else:
+            block = next(iter(self.free_indexed))            # evict the oldest cached prefix block
+        self.free.discard(block)
+        self.free_indexed.pop(block, None)
+        self.forget(block)
         self.ref_counts[block] = 1
         return block
 
     def incref(self, block: int) -> None:
+        if self.ref_counts[block] == 0:                      # revived from the prefix index
+            self.free_indexed.pop(block)
         self.ref_counts[block] += 1
 
     def decref(self, block: int) -> None:
         self.ref_counts[block] -= 1
         if self.ref_counts[block] == 0:
-            self.free.add(block)
+            if block in self.block_key:
+                self.free_indexed[block] = None
+            else:
+                self.free.add(block)
+
+    # ---- prefix index ------------------------------------------------------------------------------------------
+    @staticmethod
+    def chain_hash(previous: int, tokens: tuple[int, ...]) -> int:
+        return hash((previous, tokens))
+
+    def index(self, block: int, key: int, tokens: tuple[int, ...]) -> None:
+        if key not in self.hash_to_block and block not in self.block_key:
+            self.hash_to_block[key] = block
+            self.block_key[block] = (key, tokens)
+
+    def lookup(self, key: int, tokens: tuple[int, ...]) -> int | None:
+        block = self.hash_to_block.get(key)
+        if block is None or self.block_key[block][1] != tokens:
+            return None
+        return block
+
+    def forget(self, block: int) -> None:
+        """The block's contents are about to change: drop it from the index."""
+        entry = self.block_key.pop(block, None)
+        if entry is not None:
+            del self.hash_to_block[entry[0]]
+            if self.ref_counts[block] == 0 and block in self.free_indexed:
+                self.free_indexed.pop(block)
+                self.free.add(block)
 
 
 class PagedKVCache:
@@ -143,8 +190,11 @@ class PagedKVCache:
                 f"the KV cache is full: {needed} more blocks of {bs} tokens are needed, "
                 f"{self.manager.free_blocks} are free (max {self.manager.max_blocks * bs} tokens); "
                 "free sequences, shorten the prompt or raise max_cache_tokens")
-        if start % bs and self.manager.ref_counts[seq.blocks[-1]] > 1:
-            self._copy_on_write(seq)
+        if start % bs:
+            if self.manager.ref_counts[seq.blocks[-1]] > 1:
+                self._copy_on_write(seq)
+            else:
+                self.manager.forget(seq.blocks[-1])
         for _ in range(needed):
             self._ensure_free_block()
             last = seq.blocks[-1] if seq.blocks else None
@@ -178,7 +228,8 @@ class PagedKVCache:
         seq.contiguous = self._is_contiguous(seq.blocks)
 
     def _ensure_free_block(self) -> None:
-        if self.manager.free:
+        m = self.manager
+        if m.free or m.free_indexed:   # reuse (or evict) before growing: memory follows the tokens held
             return
         grow_to = min(self.manager.max_blocks, self.manager.capacity * 2)
         bs = self.block_size
@@ -190,6 +241,33 @@ class PagedKVCache:
     @staticmethod
     def _is_contiguous(blocks: list[int]) -> bool:
         return all(b == blocks[0] + i for i, b in enumerate(blocks))
+
+    # ---- prefix sharing across requests ---------------------------------------------------------------------------
+    def attach_prefix(self, seq: Sequence, ids: list[int]) -> int:
+        """Give an empty sequence every cached full block that matches the start of `ids`. Returns how many
+        tokens it now holds (always fewer than len(ids), so the caller has at least one token to compute)."""
+        assert not seq.tokens, "attach_prefix needs an empty sequence"
+        bs, key = self.block_size, 0
+        for i in range((len(ids) - 1) // bs):
+            chunk = tuple(ids[i * bs:(i + 1) * bs])
+            key = self.manager.chain_hash(key, chunk)
+            block = self.manager.lookup(key, chunk)
+            if block is None:
+                break
+            self.manager.incref(block)
+            seq.contiguous = seq.contiguous and (not seq.blocks or block == seq.blocks[-1] + 1)
+            seq.blocks.append(block)
+            seq.tokens.extend(chunk)
+        return len(seq.tokens)
+
+    def index_prefix(self, seq: Sequence) -> None:
+        """Make the sequence's full, clean blocks findable by later requests with the same prefix."""
+        bs, key = self.block_size, 0
+        clean = len(seq) if seq.drugged_from is None else seq.drugged_from
+        for i in range(clean // bs):
+            chunk = tuple(seq.tokens[i * bs:(i + 1) * bs])
+            key = self.manager.chain_hash(key, chunk)
+            self.manager.index(seq.blocks[i], key, chunk)
 
     # ---- reading -----------------------------------------------------------------------------------------------
     def read_slots(self, seq: Sequence, length: int) -> torch.Tensor:

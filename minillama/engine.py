@@ -273,6 +273,7 @@ class Engine:
                records: bool = False) -> Stream:
         ids = self._encode_prompt(prompt)
         seq = self.cache.new_sequence()
+        self.cache.attach_prefix(seq, ids)       # a prompt prefix another request computed is reused
         return self._start(seq, ids, max_new_tokens=max_new_tokens, sampler=sampler, seed=seed, stop=stop, n=n,
                            drugs=drugs, records=records, keep_parent=False)
 
@@ -358,6 +359,7 @@ class Engine:
             if not keep_parent:
                 self.cache.free(seq)
             raise
+        self.cache.index_prefix(seq)
         stats.prompt_tokens = len(new)
         stats.prefill_s = time.perf_counter() - t0
         base = _prepared(sampler, ids)

@@ -146,3 +146,34 @@ def test_pool_grows_with_tokens_held():
     seq = cache.new_sequence()
     cache.reserve(seq, 30)
     assert cache.k.shape[2] == 32 and cache.manager.used_blocks == 8
+
+
+def test_prefix_blocks_are_shared_across_requests(model):
+    e = engine(model)
+    prompt = [1] + list(range(300, 313))                       # 14 tokens: 3 full blocks of 4
+    first = e.generate(prompt, max_new_tokens=5)
+    assert e.cache.manager.used_blocks == 0                    # freed, but its full blocks stay indexed
+    seq = e.cache.new_sequence()
+    assert e.cache.attach_prefix(seq, prompt) == 12
+    assert e.cache.manager.used_blocks == 3
+    got = step(e, seq, prompt[12:])
+    assert (got - e.logits(prompt)[-1]).abs().max() <= 1e-4
+    e.cache.free(seq)
+    again = e.generate(prompt, max_new_tokens=5)
+    assert again.tokens == first.tokens and again.stats.prompt_tokens == 2
+    other = e.generate([1, 300, 301, 302, 450] + list(range(310, 319)), max_new_tokens=3)
+    assert other.stats.prompt_tokens == 10                     # only the first block is shared
+    assert e.cache.manager.used_blocks == 0
+
+
+def test_rewritten_prefix_block_leaves_the_index(model):
+    e = engine(model)
+    prompt = [1] + list(range(300, 311))                       # 12 tokens: exactly 3 blocks
+    seq = e.cache.new_sequence()
+    step(e, seq, prompt)
+    e.cache.index_prefix(seq)
+    e.cache.rewind(seq, 6)                                     # block 1 becomes partial and is written again
+    step(e, seq, [400, 401])
+    probe = e.cache.new_sequence()
+    assert e.cache.attach_prefix(probe, prompt + [5]) == 4     # only block 0 still matches
+    assert (step(e, probe, prompt[4:]) - e.logits(prompt)[-1]).abs().max() <= 1e-4
