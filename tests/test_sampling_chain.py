@@ -342,11 +342,17 @@ def test_dry_window_and_llama_cpp_reference_cases():
         for token in history:
             dry.accept(token)
         assert_dist(apply(dry, from_probs(probs), tokens=history), dict(enumerate(expected)))
-    # last_n 4 sees only 2 0 1 ... no: [1, 2, 0, 1]: "1" repeats once (< allowed 2) -> nothing
+    # a window of 4 holds [1, 2, 0, 1]: "0 1" no longer occurs twice, so nothing is penalised
     dry = DRY(1.0, 1.1, 2, 4, [])
     for token in [0, 1, 2, 0, 1]:
         dry.accept(token)
     assert_dist(apply(dry, from_probs(flat4)), dict(enumerate(flat4)))
+
+
+def test_dry_penalty_last_n_minus_one_sees_the_whole_context():
+    history = [1, 2, 3, 4] + [9] * 100 + [1, 2, 3]
+    assert dry_logits(DRY(1.0, 2.0, 2, 64, []), 10, history)[4] == 0.0        # the first "1 2 3 4" is out of reach
+    assert dry_logits(DRY(1.0, 2.0, 2, -1, []), 10, history)[4] == -2.0
 
 
 class PieceTokenizer:

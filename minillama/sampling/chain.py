@@ -159,8 +159,9 @@ def draw_index(probs: torch.Tensor, generator: torch.Generator) -> int:
     if not total > 0.0 or math.isinf(total):
         raise GenerationError("no candidate has a finite, positive probability (every logit is -inf or NaN); "
                               "check logit_bias and the model's logits")
-    u = torch.rand(1, generator=generator, dtype=torch.float64, device=probs.device)
-    index = int(torch.searchsorted(cumulative, u * total, right=True))
+    # the uniform comes from the generator's own device (it may differ from the logits'), then is a plain float
+    u = float(torch.rand(1, generator=generator, dtype=torch.float64, device=generator.device))
+    index = int((cumulative <= u * total).sum())
     return min(index, probs.shape[0] - 1)
 
 

@@ -43,7 +43,13 @@ def _token_pieces(tokenizer: Any, n_tokens: int) -> tuple[str, ...]:
     if cached is None or cached[0] is not tokenizer:
         if len(_PIECES) >= 4:
             _PIECES.clear()
-        cached = (tokenizer, tuple(tokenizer.decode([token]) for token in range(n_tokens)))
+        # minillama's Tokenizer gives a token's bytes directly; any object with decode() works too
+        token_bytes = getattr(tokenizer, "token_bytes", None)
+        if token_bytes is not None:
+            pieces = tuple(token_bytes(token).decode("utf-8", errors="replace") for token in range(n_tokens))
+        else:
+            pieces = tuple(tokenizer.decode([token]) for token in range(n_tokens))
+        cached = (tokenizer, pieces)
         _PIECES[key] = cached
     return cached[1]
 
