@@ -16,7 +16,7 @@ import sys
 
 from ..errors import MinillamaError
 
-SUBCOMMANDS = ("chat", "generate")
+SUBCOMMANDS = ("chat", "generate", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
