@@ -59,7 +59,10 @@ class Tokenizer(ABC):
         # A template's end-of-turn marker that is a token of its own ends generation like EOS does.
         end_ids = list(eos_ids) + [self.added_tokens[s].id for s in chat_template.stop_strings if s in self.added_tokens]
         self.eos_ids: tuple[int, ...] = tuple(dict.fromkeys(i for i in end_ids if 0 <= i < vocab_size))
-        self._added_patterns = {flag: self._added_token_pattern(with_special=flag) for flag in (False, True)}
+        # Longest first, so that of two tokens starting at the same place the longer wins (leftmost-longest, as HF).
+        by_length = sorted(self.added_tokens.values(), key=lambda t: len(t.content), reverse=True)
+        self._matchable = {False: [t for t in by_length if not t.special], True: by_length}
+        self._added_patterns: dict[tuple[int, ...], re.Pattern[str]] = {}
         self._bytes_to_id: dict[bytes, int] | None = None
 
     # -- what a backend provides ------------------------------------------------------------------------------
@@ -80,10 +83,12 @@ class Tokenizer(ABC):
         """Token ids of text. bos=True puts BOS first when the model's files say to (add_bos); special=True maps the
         text of special tokens ("<|im_start|>") to their ids, special=False tokenizes it as ordinary text."""
         ids = [self.bos_id] if bos and self.add_bos and self.bos_id is not None else []
-        matcher = self._added_patterns[special]
-        if matcher is None:
+        # Only the added tokens that occur in text take part: a substring test is far cheaper than a regex
+        # alternation of hundreds of tokens tried at every position.
+        tokens = [t for t in self._matchable[special] if t.content in text]
+        if not tokens:
             return ids + self._encode_text(text) if text else ids
-        pattern, tokens = matcher
+        pattern = self._added_token_pattern(tokens)
         last = 0
         for m in pattern.finditer(text):
             if m.start() > last:
@@ -94,17 +99,18 @@ class Tokenizer(ABC):
             ids.extend(self._encode_text(text[last:]))
         return ids
 
-    def _added_token_pattern(self, with_special: bool) -> tuple[re.Pattern[str], list[AddedToken]] | None:
-        tokens = [t for t in self.added_tokens.values() if with_special or not t.special]
-        if not tokens:
-            return None
-        # Longest first, so that of two tokens starting at the same place the longer wins (leftmost-longest, as HF).
-        tokens.sort(key=lambda t: len(t.content), reverse=True)
-        alternatives = [
-            f"(?P<t{i}>" + (r"\s*" if t.lstrip else "") + re.escape(t.content) + (r"\s*" if t.rstrip else "") + ")"
-            for i, t in enumerate(tokens)
-        ]
-        return re.compile("|".join(alternatives)), tokens
+    def _added_token_pattern(self, tokens: list[AddedToken]) -> re.Pattern[str]:
+        key = tuple(t.id for t in tokens)
+        pattern = self._added_patterns.get(key)
+        if pattern is None:
+            if len(self._added_patterns) > 256:
+                self._added_patterns.clear()
+            alternatives = [
+                f"(?P<t{i}>" + (r"\s*" if t.lstrip else "") + re.escape(t.content) + (r"\s*" if t.rstrip else "") + ")"
+                for i, t in enumerate(tokens)
+            ]
+            pattern = self._added_patterns[key] = re.compile("|".join(alternatives))
+        return pattern
 
     # -- decoding ---------------------------------------------------------------------------------------------
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:

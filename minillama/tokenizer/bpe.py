@@ -104,12 +104,11 @@ class ByteLevelBPETokenizer(Tokenizer):
         cache = self._word_cache
         alphabet = self._alphabet
         for piece in self._pre_tokenizer(text):
-            word = "".join(alphabet[b] for b in piece.encode("utf-8"))
-            word_ids = cache.get(word)
+            word_ids = cache.get(piece)
             if word_ids is None:
                 if len(cache) >= _WORD_CACHE_LIMIT:
                     cache.clear()
-                word_ids = cache[word] = self._merge_word(word)
+                word_ids = cache[piece] = self._merge_word("".join(alphabet[b] for b in piece.encode("utf-8")))
             ids.extend(word_ids)
         return ids
 

@@ -134,29 +134,9 @@ def split_removed(pattern: str) -> Splitter:
     return lambda text: [p for p in regex.split(text) if p]
 
 
-def _is_numeric(ch: str) -> bool:
-    return unicodedata.category(ch)[0] == "N"
-
-
 def split_digits(individual: bool) -> Splitter:
-    """HF `Digits`: numeric characters apart from the rest, each alone or as runs."""
-
-    def split(text: str) -> list[str]:
-        pieces: list[str] = []
-        current = ""
-        current_numeric = False
-        for ch in text:
-            numeric = _is_numeric(ch)
-            if current and (numeric != current_numeric or (numeric and individual)):
-                pieces.append(current)
-                current = ""
-            current += ch
-            current_numeric = numeric
-        if current:
-            pieces.append(current)
-        return pieces
-
-    return split
+    """HF `Digits`: numeric characters (\\p{N}) apart from the rest, each alone or as runs."""
+    return split_isolated(r"\p{N}" if individual else r"\p{N}+")
 
 
 def chain(splitters: list[Splitter]) -> Splitter:
