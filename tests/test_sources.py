@@ -215,6 +215,22 @@ def test_hub_errors_become_messages(tmp_path, monkeypatch, error_name, status, e
 _real_download_hf = sources._download_hf
 
 
+@pytest.mark.parametrize("error, expected, message", [
+    (ConnectionResetError(104, "Connection reset by peer"), NetworkError, "lost the connection.*resume"),
+    (type("TransportError", (Exception,), {})("read timeout"), NetworkError, "lost the connection"),
+    (OSError(28, "No space left on device"), DownloadError, "No space left"),
+])
+def test_errors_during_a_download(tmp_path, monkeypatch, error, expected, message):
+    import huggingface_hub
+
+    def failing_snapshot(**kwargs):
+        raise error
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", failing_snapshot)
+    with pytest.raises(expected, match=message) as raised:
+        _real_download_hf("o/x", tmp_path / "m", None)
+    assert isinstance(raised.value, NetworkError) == (expected is NetworkError)
+
+
 def test_hub_offline_mode_is_named(tmp_path, monkeypatch):
     import huggingface_hub
     import huggingface_hub.errors as hub_errors

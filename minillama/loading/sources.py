@@ -316,11 +316,24 @@ def _download_hf(repo_id: str, folder: Path, token: str | None, allow_patterns: 
         if status in (401, 403):
             raise AccessDeniedError(f"Hugging Face refused {repo_id} (HTTP {status}): {token_hint}") from None
         raise DownloadError(f"downloading {repo_id} from Hugging Face failed: {_first_line(error)}") from None
-    except OSError as error:
+    except Exception as error:
+        if not _is_connection_error(error):
+            if isinstance(error, OSError):     # the local side: disk full, no permission on the weights folder
+                raise DownloadError(f"downloading {repo_id} into {folder} failed: {_first_line(error)}") from None
+            raise
         # Connection reset, timeout, DNS failure in the middle of a file: the finished files stay, a rerun resumes.
         raise NetworkError(f"lost the connection to huggingface.co while downloading {repo_id}: {_first_line(error)} "
                            "(run the same command again to resume)") from None
     return folder
+
+
+# The Hub client's HTTP library changed across versions (requests, httpx, httpx2); their connection-level errors
+# share these class names, so match by name instead of importing each library.
+_CONNECTION_ERROR_NAMES = {"ConnectionError", "TimeoutError", "Timeout", "TransportError", "gaierror"}
+
+
+def _is_connection_error(error: BaseException) -> bool:
+    return any(cls.__name__ in _CONNECTION_ERROR_NAMES for cls in type(error).__mro__)
 
 
 def _download_llama2c(preset: Preset, folder: Path, token: str | None, announce: Announce) -> Path:
