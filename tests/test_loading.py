@@ -266,6 +266,33 @@ def test_gguf_metadata_is_plain_values(tmp_path):
     assert ckpt.config.bos_token_id == 0 and ckpt.config.eos_token_ids == (2,)
 
 
+@pytest.mark.parametrize("tokenizer", ["bpe", "sentencepiece"])
+def test_gguf_header_parser_agrees_with_gguf_reader(tmp_path, tokenizer):
+    """We parse the header ourselves (GGUFReader is slow on big vocabularies); the gguf package is the oracle."""
+    import gguf
+
+    path = make_gguf_model(tmp_path, qtype="Q8_0", tokenizer=tokenizer, vocab_size=300,
+                           rope_scaling={"rope_type": "linear", "factor": 2.0})
+    ours = GGUFFile(path)
+    reader = gguf.GGUFReader(path)
+    theirs = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    assert ours.metadata.keys() == theirs.keys()
+    for key, value in theirs.items():
+        assert ours.metadata[key] == (pytest.approx(value) if isinstance(value, (float, list)) and key.endswith(
+            ("scores", "epsilon", "freq_base", "factor")) else value), key
+    infos = {t.name: t for t in ours.infos.values()}
+    for t in reader.tensors:
+        if t.name in infos:
+            assert (infos[t.name].offset, infos[t.name].n_bytes) == (t.data_offset, t.n_bytes), t.name
+            assert infos[t.name].dims == tuple(int(d) for d in t.shape), t.name
+
+
+def test_empty_gguf_file(tmp_path):
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="empty.gguf"):
+        load(tmp_path / "empty.gguf")
+
+
 def test_config_from_gguf_refuses_other_architectures():
     with pytest.raises(UnsupportedModelError, match="gemma"):
         config_from_gguf({"general.architecture": "gemma", "gemma.block_count": 2})
