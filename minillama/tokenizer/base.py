@@ -57,7 +57,8 @@ class Tokenizer(ABC):
         self.special_ids: set[int] = {t.id for t in self.added_tokens.values() if t.special}
         self.chat_template = chat_template
         # A template's end-of-turn marker that is a token of its own ends generation like EOS does.
-        end_ids = list(eos_ids) + [self.added_tokens[s].id for s in chat_template.stop_strings if s in self.added_tokens]
+        end_ids = list(eos_ids)
+        end_ids += [self.added_tokens[s].id for s in chat_template.stop_strings if s in self.added_tokens]
         self.eos_ids: tuple[int, ...] = tuple(dict.fromkeys(i for i in end_ids if 0 <= i < vocab_size))
         # Longest first, so that of two tokens starting at the same place the longer wins (leftmost-longest, as HF).
         by_length = sorted(self.added_tokens.values(), key=lambda t: len(t.content), reverse=True)

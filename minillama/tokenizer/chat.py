@@ -109,7 +109,9 @@ class ChatTemplate:
 
     def _render_llama3(self, messages: list[tuple[str, str]], add_generation_prompt: bool) -> str:
         parts = [self.bos_token] if messages else []
-        parts += [f"<|start_header_id|>{role}<|end_header_id|>\n\n{content.strip()}<|eot_id|>" for role, content in messages]
+        parts += [
+            f"<|start_header_id|>{role}<|end_header_id|>\n\n{content.strip()}<|eot_id|>" for role, content in messages
+        ]
         if add_generation_prompt:
             parts.append("<|start_header_id|>assistant<|end_header_id|>\n\n")
         return "".join(parts)

@@ -94,7 +94,9 @@ def load_tokenizer(model_dir: Path) -> Tokenizer:
     """The tokenizer of a Hugging Face-style model folder (or Meta's layout with tokenizer.model)."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise TokenizerError(f"{model_dir}: not a folder; expected a model folder holding tokenizer.json or tokenizer.model")
+        raise TokenizerError(
+            f"{model_dir}: not a folder; expected a model folder holding tokenizer.json or tokenizer.model"
+        )
     facts = _FolderFacts(model_dir)
     tokenizer_json = model_dir / "tokenizer.json"
     spec = _read_json(tokenizer_json) if tokenizer_json.is_file() else None
@@ -142,8 +144,11 @@ def _from_tokenizer_model(path: Path, facts: _FolderFacts) -> Tokenizer:
     lookup = {processor.id_to_piece(i): i for i in range(processor.get_piece_size())
               if processor.is_control(i) or processor.is_unknown(i)}
     lookup.update({t.content: t.id for t in added})
-    bos_text = facts.token_text("bos") or (processor.id_to_piece(processor.bos_id()) if processor.bos_id() >= 0 else None)
-    eos_text = facts.token_text("eos") or (processor.id_to_piece(processor.eos_id()) if processor.eos_id() >= 0 else None)
+    def piece(token_id: int) -> str | None:
+        return processor.id_to_piece(token_id) if token_id >= 0 else None
+
+    bos_text = facts.token_text("bos") or piece(processor.bos_id())
+    eos_text = facts.token_text("eos") or piece(processor.eos_id())
     bos_id = _resolve(bos_text, lookup)
     if bos_id is None and facts.token_ids("bos"):
         bos_id = facts.token_ids("bos")[0]

@@ -44,8 +44,6 @@ def load_sentencepiece(path: Path) -> Any:
 class SentencePieceTokenizer(Tokenizer):
     """A `tokenizer.model` SentencePiece file, encoded by the sentencepiece library."""
 
-    strips_leading_space = True
-
     def __init__(
         self,
         processor: Any,
@@ -59,6 +57,9 @@ class SentencePieceTokenizer(Tokenizer):
         """processor: a loaded sentencepiece.SentencePieceProcessor (see `load_sentencepiece`)."""
         self._sp = processor
         sp = self._sp
+        # Decoding drops the first word's "▁" only where encoding put one there (add_dummy_prefix, on for Llama).
+        first = sp.encode("a", out_type=str)
+        self.strips_leading_space = bool(first) and first[0].startswith(SPACE)
         n = sp.get_piece_size()
         self._bytes: list[bytes] = []
         self._byte_ids: list[int] = []
@@ -104,8 +105,6 @@ class SentencePieceTokenizer(Tokenizer):
 
 class SpmVocabTokenizer(Tokenizer):
     """SentencePiece BPE from a piece list with scores and types (GGUF tokenizer.ggml.model = "llama")."""
-
-    strips_leading_space = True
 
     def __init__(
         self,
