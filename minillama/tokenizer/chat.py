@@ -7,16 +7,20 @@ program's output byte for byte; the tests hold the renderings against transforme
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Collection, Mapping, Sequence
 
 from ..errors import TokenizerError
 
-TEMPLATE_NAMES = ("chatml", "llama2", "llama3", "zephyr", "plain")
+TEMPLATE_NAMES = ("chatml", "llama2", "llama3", "llama3.1", "mistral", "zephyr", "plain")
 
 # ChatML programs that insert a system turn when the conversation has none write it as a literal; the "\n" after
 # "system" is either a real newline or the two characters backslash-n inside a Jinja string.
 _CHATML_DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system(?:\n|\\n)((?:(?!<\|im_end\|>)[^'\"{}])*)<\|im_end\|>")
+# Llama 3.1+ programs write a knowledge-cutoff header with a date they either fix or take from the clock.
+_LLAMA31_DATE = re.compile(r"set date_string = [\"']([^\"']+)[\"']")
+LLAMA31_DEFAULT_DATE = "26 Jul 2024"
 
 
 @dataclass(frozen=True)
@@ -27,23 +31,26 @@ class ChatTemplate:
     name: str
     bos_token: str = ""
     eos_token: str = ""
-    default_system: str | None = None  # system prompt a ChatML template inserts when none is given
+    default_system: str | None = None  # chatml: the system turn inserted when the conversation has none
+    date_string: str | None = None     # llama3.1: the "Today Date" it writes; None = today's, as strftime_now
+    after_answer: str = ""             # mistral: what follows eos after an answer (" " in Mistral-7B-v0.1's)
     source: str | None = None          # the model's own template program, when it had one
 
     @classmethod
     def by_name(
-        cls, name: str, *, bos_token: str = "", eos_token: str = "", default_system: str | None = None
+        cls, name: str, *, bos_token: str = "", eos_token: str = "", default_system: str | None = None,
+        date_string: str | None = LLAMA31_DEFAULT_DATE, after_answer: str = "", source: str | None = None,
     ) -> ChatTemplate:
-        """A template chosen by name: "chatml", "llama2", "llama3", "zephyr" or "plain"."""
+        """A template chosen by name: one of TEMPLATE_NAMES."""
         if name not in TEMPLATE_NAMES:
             raise TokenizerError(f"unknown chat template {name!r}; choose one of {', '.join(TEMPLATE_NAMES)}")
-        if name == "llama2":
+        if name in ("llama2", "mistral"):
             bos_token, eos_token = bos_token or "<s>", eos_token or "</s>"
-        elif name == "llama3":
+        elif name in ("llama3", "llama3.1"):
             bos_token = bos_token or "<|begin_of_text|>"
         elif name == "zephyr":
             eos_token = eos_token or "</s>"
-        return cls(name, bos_token=bos_token, eos_token=eos_token, default_system=default_system)
+        return cls(name, bos_token, eos_token, default_system, date_string, after_answer, source)
 
     @classmethod
     def detect(
@@ -51,31 +58,34 @@ class ChatTemplate:
     ) -> ChatTemplate:
         """The template for a model: from the markers in its template program when it has one, else from the
         special tokens of its vocabulary; "plain" when neither says anything."""
+        options: dict[str, Any] = {}
         if source:
             if "<|im_start|>" in source:
+                name = "chatml"
                 match = _CHATML_DEFAULT_SYSTEM.search(source)
-                system = match.group(1).replace("\\n", "\n") if match else None
-                name = "chatml"
-            else:
-                system = None
-                if "<|start_header_id|>" in source:
-                    name = "llama3"
-                elif "[INST]" in source:
-                    name = "llama2"
-                elif "<|user|>" in source and "<|assistant|>" in source:
-                    name = "zephyr"
-                else:
-                    name = "plain"
-        else:
-            system = None
-            if "<|im_start|>" in special_tokens:
-                name = "chatml"
-            elif "<|start_header_id|>" in special_tokens:
+                if match:
+                    options["default_system"] = match.group(1).replace("\\n", "\n")
+            elif "<|start_header_id|>" in source:
                 name = "llama3"
+                if "Cutting Knowledge Date" in source:
+                    name = "llama3.1"
+                    match = _LLAMA31_DATE.search(source)
+                    options["date_string"] = None if "strftime_now" in source or not match else match.group(1)
+            elif "[INST]" in source:
+                name = "llama2" if "<<SYS>>" in source else "mistral"
+                if name == "mistral" and re.search(r"eos_token\s*\+\s*' '", source):
+                    options["after_answer"] = " "
+            elif "<|user|>" in source and "<|assistant|>" in source:
+                name = "zephyr"
             else:
                 name = "plain"
-        template = cls.by_name(name, bos_token=bos_token, eos_token=eos_token, default_system=system)
-        return cls(template.name, template.bos_token, template.eos_token, template.default_system, source)
+        elif "<|im_start|>" in special_tokens:
+            name = "chatml"
+        elif "<|start_header_id|>" in special_tokens:
+            name = "llama3"
+        else:
+            name = "plain"
+        return cls.by_name(name, bos_token=bos_token, eos_token=eos_token, source=source, **options)
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
@@ -83,6 +93,8 @@ class ChatTemplate:
             "chatml": ("<|im_end|>",),
             "llama2": (self.eos_token,),
             "llama3": ("<|eot_id|>",),
+            "llama3.1": ("<|eot_id|>", "<|eom_id|>"),
+            "mistral": (self.eos_token,),
             "zephyr": (self.eos_token,),
             "plain": ("\nUser:",),
         }[self.name]
@@ -95,7 +107,7 @@ class ChatTemplate:
         for i, message in enumerate(messages):
             if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
                 raise TokenizerError(f"chat message {i} must be a dict with 'role' and 'content', got {message!r}")
-        render = getattr(self, f"_render_{self.name}")
+        render = getattr(self, f"_render_{self.name.replace('.', '_')}")
         return render([(str(m["role"]), str(m["content"])) for m in messages], add_generation_prompt)
 
     def _render_chatml(self, messages: list[tuple[str, str]], add_generation_prompt: bool) -> str:
@@ -107,13 +119,45 @@ class ChatTemplate:
             parts.append("<|im_start|>assistant\n")
         return "".join(parts)
 
-    def _render_llama3(self, messages: list[tuple[str, str]], add_generation_prompt: bool) -> str:
-        parts = [self.bos_token] if messages else []
-        parts += [
-            f"<|start_header_id|>{role}<|end_header_id|>\n\n{content.strip()}<|eot_id|>" for role, content in messages
-        ]
+    @staticmethod
+    def _llama3_turns(messages: list[tuple[str, str]], add_generation_prompt: bool) -> str:
+        parts = [f"<|start_header_id|>{r}<|end_header_id|>\n\n{content.strip()}<|eot_id|>" for r, content in messages]
         if add_generation_prompt:
             parts.append("<|start_header_id|>assistant<|end_header_id|>\n\n")
+        return "".join(parts)
+
+    def _render_llama3(self, messages: list[tuple[str, str]], add_generation_prompt: bool) -> str:
+        return (self.bos_token if messages else "") + self._llama3_turns(messages, add_generation_prompt)
+
+    def _render_llama3_1(self, messages: list[tuple[str, str]], add_generation_prompt: bool) -> str:
+        # Llama 3.1+ always opens with a system turn that states the knowledge cutoff and today's date.
+        system = ""
+        if messages and messages[0][0] == "system":
+            system, messages = messages[0][1].strip(), messages[1:]
+        date = self.date_string if self.date_string is not None else time.strftime("%d %b %Y")
+        header = (
+            f"{self.bos_token}<|start_header_id|>system<|end_header_id|>\n\n"
+            f"Cutting Knowledge Date: December 2023\nToday Date: {date}\n\n{system}<|eot_id|>"
+        )
+        return header + self._llama3_turns(messages, add_generation_prompt)
+
+    def _render_mistral(self, messages: list[tuple[str, str]], add_generation_prompt: bool) -> str:
+        # Mistral-7B-Instruct's template has no system role; like its later versions we put the system text in
+        # front of the first user message.
+        if messages and messages[0][0] == "system" and len(messages) > 1:
+            system, (role, content) = messages[0][1], messages[1]
+            messages = [(role, f"{system}\n\n{content}"), *messages[2:]]
+        parts = [self.bos_token]
+        for i, (role, content) in enumerate(messages):
+            if (role == "user") != (i % 2 == 0):
+                raise TokenizerError(
+                    f"the mistral chat template needs turns alternating user/assistant starting with user; "
+                    f"message {i} has role {role!r}"
+                )
+            if role == "user":
+                parts.append(f"[INST] {content} [/INST]")
+            else:
+                parts.append(f"{content}{self.eos_token}{self.after_answer}")
         return "".join(parts)
 
     def _render_llama2(self, messages: list[tuple[str, str]], add_generation_prompt: bool) -> str:
