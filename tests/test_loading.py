@@ -79,8 +79,9 @@ def test_hf_unsupported_rope_type_is_named(tmp_path, kind):
     cfg = json.loads((folder / "config.json").read_text())
     cfg["rope_scaling"] = {"rope_type": kind, "factor": 4.0}
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(UnsupportedModelError, match=kind):
+    with pytest.raises(UnsupportedModelError, match=kind) as err:
         load(folder)
+    assert str(folder / "config.json") in str(err.value)
 
 
 def test_hf_unsupported_architecture_is_named(tmp_path):
@@ -248,8 +249,9 @@ def test_gguf_linear_rope_scaling(tmp_path):
 def test_gguf_yarn_is_refused_by_name(tmp_path):
     path = make_gguf_model(tmp_path, rope_scaling={"rope_type": "yarn", "factor": 4.0,
                                                    "original_max_position_embeddings": 64})
-    with pytest.raises(UnsupportedModelError, match="yarn"):
+    with pytest.raises(UnsupportedModelError, match="yarn") as err:
         load(path)
+    assert str(path) in str(err.value)
 
 
 def test_gguf_metadata_is_plain_values(tmp_path):

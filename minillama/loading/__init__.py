@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 import torch
 
 from ..config import ModelConfig
 from ..errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from ..tokenizer import Tokenizer
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -22,7 +25,7 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 class Checkpoint:
     config: ModelConfig
     tensors: Iterator[tuple[str, torch.Tensor]]   # (HF name, tensor in the requested dtype/device), one at a time
-    tokenizer: Any                                # minillama.tokenizer.Tokenizer, or None
+    tokenizer: "Tokenizer | None"
     path: Path                                    # the model folder or the .gguf file
     metadata: dict[str, Any]                      # GGUF metadata as plain values, or the parsed config.json
     tensor_names: list[str]                       # every name `tensors` will yield, in that order
@@ -137,7 +140,7 @@ def _check_device(device: torch.device | str) -> torch.device:
     return device
 
 
-def _load_tokenizer(weights: WeightSource) -> Any:
+def _load_tokenizer(weights: WeightSource) -> "Tokenizer":
     # imported here so loading works on its own while the tokenizer package is optional for weights-only use
     from ..tokenizer import load_tokenizer, tokenizer_from_gguf
     from .gguf import GGUFFile

@@ -215,7 +215,18 @@ def config_from_gguf(metadata: dict[str, Any], shapes: dict[str, tuple[int, ...]
     if arch not in SUPPORTED_GGUF_ARCHITECTURES:
         raise UnsupportedModelError(f"{source}: GGUF architecture {arch!r} is not supported "
                                     f"(supported: {', '.join(SUPPORTED_GGUF_ARCHITECTURES)})")
+    try:
+        fields = _config_fields(metadata, arch, shapes or {}, rope_freqs, source)
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"{source}: malformed GGUF metadata ({e})") from None
+    try:
+        return ModelConfig(**fields)
+    except UnsupportedModelError as e:  # ModelConfig's own checks do not know the file
+        raise UnsupportedModelError(f"{source}: {e}") from None
 
+
+def _config_fields(metadata: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ...]],
+                   rope_freqs: np.ndarray | None, source: str) -> dict[str, Any]:
     def key(name: str, default: Any = ModelLoadError) -> Any:
         value = metadata.get(f"{arch}.{name}", default)
         if value is ModelLoadError:
@@ -237,7 +248,6 @@ def config_from_gguf(metadata: dict[str, Any], shapes: dict[str, tuple[int, ...]
             f"are not supported")
     rope_theta = _f32(key("rope.freq_base", 10000.0))
 
-    shapes = shapes or {}
     if "model.embed_tokens.weight" in shapes:
         vocab_size = shapes["model.embed_tokens.weight"][0]
     elif "tokenizer.ggml.tokens" in metadata:
@@ -245,13 +255,13 @@ def config_from_gguf(metadata: dict[str, Any], shapes: dict[str, tuple[int, ...]
     else:
         vocab_size = int(key("vocab_size"))
 
-    eos_ids = []
+    eos_ids: list[int] = []
     for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
         if metadata.get(k) is not None and int(metadata[k]) not in eos_ids:
             eos_ids.append(int(metadata[k]))
     bos = metadata.get("tokenizer.ggml.bos_token_id")
 
-    return ModelConfig(
+    return dict(
         arch=arch,
         dim=dim,
         n_layers=int(key("block_count")),

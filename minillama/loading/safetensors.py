@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, UnsupportedModelError
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -23,7 +23,12 @@ class SafetensorsFolder:
 
     def __init__(self, folder: Path) -> None:
         config_path = folder / "config.json"
-        self.config = ModelConfig.from_hf_file(config_path)
+        try:
+            self.config = ModelConfig.from_hf_file(config_path)
+        except UnsupportedModelError as e:
+            if str(config_path) in str(e):
+                raise
+            raise UnsupportedModelError(f"{config_path}: {e}") from None  # ModelConfig's checks do not know the file
         self.metadata: dict[str, Any] = json.loads(config_path.read_text())
         self.path = folder
         self._handles: dict[Path, Any] = {}
