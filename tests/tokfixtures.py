@@ -71,26 +71,45 @@ def smollm2_gguf() -> Path | None:
     return None
 
 
-def gguf_tokenizer_metadata(path: Path) -> dict[str, Any]:
-    """The tokenizer.* keys of a GGUF file as plain Python values (what the engine hands to tokenizer_from_gguf)."""
-    import gguf
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
-    reader = gguf.GGUFReader(path)
+
+def gguf_tokenizer_metadata(path: Path) -> dict[str, Any]:
+    """The tokenizer.* keys of a GGUF file as plain Python values (what the engine hands to tokenizer_from_gguf).
+
+    A direct reader of the GGUF key/value section: gguf.GGUFReader also maps every tensor and builds numpy views
+    of each of the 49k vocabulary strings, which takes seconds."""
+    import struct
+
+    with open(path, "rb") as f:
+        data = f.read(64 << 20)  # the key/value section sits at the start; 64 MiB holds any vocabulary
+    magic, version, _n_tensors, n_kv = struct.unpack_from("<4sIQQ", data, 0)
+    assert magic == b"GGUF" and version >= 2, f"{path}: not a GGUF v2+ file"
+    offset = 24
+
+    def read(kind: int) -> Any:
+        nonlocal offset
+        if kind == 8:
+            (n,) = struct.unpack_from("<Q", data, offset)
+            offset += 8 + n
+            return data[offset - n:offset].decode("utf-8")
+        if kind == 9:
+            item_kind, count = struct.unpack_from("<IQ", data, offset)
+            offset += 12
+            return [read(item_kind) for _ in range(count)]
+        fmt = _GGUF_SCALARS[kind]
+        (value,) = struct.unpack_from(fmt, data, offset)
+        offset += struct.calcsize(fmt)
+        return value
+
     out: dict[str, Any] = {}
-    for name, field in reader.fields.items():
-        if not name.startswith("tokenizer."):
-            continue
-        types = field.types
-        if types[0] == gguf.GGUFValueType.ARRAY:
-            if types[-1] == gguf.GGUFValueType.STRING:
-                out[name] = [bytes(field.parts[i]).decode("utf-8") for i in field.data]
-            else:
-                out[name] = [field.parts[i][0].item() for i in field.data]
-        elif types[0] == gguf.GGUFValueType.STRING:
-            out[name] = bytes(field.parts[field.data[0]]).decode("utf-8")
-        else:
-            value = field.parts[field.data[0]][0].item()
-            out[name] = bool(value) if types[0] == gguf.GGUFValueType.BOOL else value
+    for _ in range(n_kv):
+        key = read(8)
+        (kind,) = struct.unpack_from("<I", data, offset)
+        offset += 4
+        value = read(kind)
+        if key.startswith("tokenizer."):
+            out[key] = value
     return out
 
 
