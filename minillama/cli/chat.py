@@ -204,7 +204,9 @@ class ChatSession:
             print("no answer yet", file=self.err)
             return
         common.print_timings(self.last.stats, self.err)
-        regimes = Counter(r["regime"] for r in self.last.records if "regime" in r)
+        # entropix-style samplers record a "regime" per step, AlphaSampler a "state"
+        regimes = Counter(r.get("regime") or r.get("state") for r in self.last.records
+                          if r.get("regime") or r.get("state"))
         if regimes:
             counts = ", ".join(f"{name} {count}" for name, count in regimes.most_common())
             print(f"sampler regimes: {counts}", file=self.err)
