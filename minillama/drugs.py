@@ -27,7 +27,9 @@ The math, per vector x in R^d (computed in float32 even when the model runs in b
   "rotation-compat" DRUGS' own recipe: a ~ U[0, θ) from a separate uniform draw, direction from r ~ U[0, 1)^d (not
                     centred: biased toward the all-positive orthant) made orthogonal to x, same rotation formula.
   Implemented as y = α·x + k·g with α = cos a − z·sin a/|g⊥| and k = |x|·sin a/|g⊥|, which is the formula above
-  without materialising x̂, g⊥ or û (fewer tensor ops: the decode path is dominated by per-op overhead).
+  without materialising x̂, g⊥ or û (fewer tensor ops: the decode path is dominated by per-op overhead). The draw is
+  made directly as h = g/√2 (std 1/√2, the same stream of numbers), so Φ(z) = ½(1 + erf(h·x̂)) needs no rescaling
+  op; the formulas are unchanged with (z, g) replaced by (h·x̂, h).
   A vector with x = 0 stays 0 (there is no direction to rotate). θ larger than π is allowed and harsh (the seed warns).
 
 Dose per site and layer: θ(site, layer) = dose_theta · weight(site) · shape(layer), with layer depth = layer/n_layers
@@ -459,7 +461,8 @@ class NoisePlan:
         else:
             g = self._draw(work, layout)
             if self._kind == "euclidean":
-                scale = torch.linalg.vector_norm(work, dim=-1, keepdim=True).mul_(theta / math.sqrt(x.shape[-1]))
+                # g holds N(0, ½): θ·|x|/√d·N(0, 1) = θ·|x|·√(2/d)·g
+                scale = torch.linalg.vector_norm(work, dim=-1, keepdim=True).mul_(theta * math.sqrt(2.0 / x.shape[-1]))
                 y = torch.addcmul(work, g, scale)
             else:
                 y = _rotate(work, g, theta, self._kind == "normal")
@@ -470,21 +473,27 @@ class NoisePlan:
         return y
 
     def _fill(self, out: torch.Tensor, layout: _Layout, uniform: bool) -> torch.Tensor:
-        """Fill out[B, T, ...] row by row from each row's own generator (normal or uniform [0, 1))."""
+        """Fill out[B, T, ...] row by row from each row's own generator (N(0, ½) or uniform [0, 1))."""
         for b, generator in enumerate(self._generators):
             selector = slice(None) if layout.rows is None else layout.rows[b]
             if isinstance(selector, slice):
                 target = out[b, selector]            # contiguous: draws the same numbers as a fresh tensor would
-                target.uniform_(generator=generator) if uniform else target.normal_(generator=generator)
+                if uniform:
+                    target.uniform_(generator=generator)
+                else:
+                    target.normal_(0.0, _INV_SQRT2, generator=generator)
             elif selector.numel():
                 size = (selector.numel(),) + tuple(out.shape[2:])
-                draw = torch.rand if uniform else torch.randn
-                out[b, selector] = draw(size, generator=generator, dtype=out.dtype, device=out.device)
+                options = dict(generator=generator, dtype=out.dtype, device=out.device)
+                out[b, selector] = (torch.rand(size, **options) if uniform
+                                    else torch.normal(0.0, _INV_SQRT2, size, **options))
         return out
 
     def _draw(self, work: torch.Tensor, layout: _Layout) -> torch.Tensor:
+        """h = g/√2 with g ~ N(0, I), one vector per entry of work, per row from its own generator."""
         if layout.rows is None and len(self._generators) == 1:     # the common case: one call, no scatter
-            return torch.randn(work.shape, generator=self._generators[0], dtype=work.dtype, device=work.device)
+            return torch.normal(0.0, _INV_SQRT2, work.shape, generator=self._generators[0], dtype=work.dtype,
+                                device=work.device)
         # Padding entries get 1s: harmless placeholders (their output is replaced by the input).
         return self._fill(torch.empty_like(work) if layout.rows is None else torch.ones_like(work), layout,
                           uniform=False)
@@ -497,18 +506,18 @@ class NoisePlan:
         return _rotate_by(work, direction, angles)
 
 
-def _rotate(x: torch.Tensor, g: torch.Tensor, theta: float, half_normal: bool) -> torch.Tensor:
-    """Rotate each x by an angle drawn from z = g·x̂ toward g's component orthogonal to x (see module docstring)."""
+def _rotate(x: torch.Tensor, h: torch.Tensor, theta: float, half_normal: bool) -> torch.Tensor:
+    """Rotate each x toward h's component orthogonal to x, by an angle drawn from w = h·x̂ = z/√2 (h ~ N(0, ½·I))."""
     xx = (x * x).sum(-1, keepdim=True)
-    xg = (x * g).sum(-1, keepdim=True)
-    gg = (g * g).sum(-1, keepdim=True)
+    xh = (x * h).sum(-1, keepdim=True)
+    hh = (h * h).sum(-1, keepdim=True)
     norm = xx.sqrt_()
-    z = xg.div_(norm.clamp_min(_TINY))                 # x = 0 gives z = 0, and then k = 0 below: y stays 0
+    w = xh.div_(norm.clamp_min(_TINY))                 # x = 0 gives w = 0, and then k = 0 below: y stays 0
     if half_normal:
-        angle = z.abs().mul_(0.5 * theta).clamp_max_(math.pi)
+        angle = w.abs().mul_(theta * _INV_SQRT2).clamp_max_(math.pi)             # (θ/2)·|z|
     else:
-        angle = torch.erf(z * _INV_SQRT2).mul_(0.5 * theta).add_(0.5 * theta)    # θ·Φ(z) ~ U[0, θ]
-    return _combine(x, g, z, gg, norm, angle)
+        angle = torch.erf(w).mul_(0.5 * theta).add_(0.5 * theta)                 # θ·Φ(z) ~ U[0, θ]
+    return _combine(x, h, w, hh, norm, angle)
 
 
 def _rotate_by(x: torch.Tensor, direction: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
