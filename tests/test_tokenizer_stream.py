@@ -80,3 +80,29 @@ def test_special_text_streams(tokenizer: Tokenizer) -> None:
     for text in SPECIAL_TEXTS:
         ids = tokenizer.encode(text, bos=False)
         assert "".join(_stream(tokenizer, ids)) == tokenizer.decode(ids)
+
+
+def test_stream_continues_a_prompt(tokenizer: Tokenizer) -> None:
+    """With the prompt as prefix the stream is exactly what decoding prompt + answer adds to the prompt's text."""
+    prompt = tokenizer.encode("Once upon a", bos=True)
+    checked = 0
+    for answer_text in [" time there was 🦙", " 日本語", "s and more"]:
+        answer = tokenizer.encode("Once upon a" + answer_text, bos=True)[len(prompt):]
+        if tokenizer.encode("Once upon a" + answer_text, bos=True)[:len(prompt)] != prompt:
+            continue  # the tokenization of the prompt changed with what follows: no clean split here
+        decoder = tokenizer.stream_decoder(prefix=prompt)
+        pieces = "".join(decoder.push(i) for i in answer) + decoder.flush()
+        assert tokenizer.decode(prompt) + pieces == tokenizer.decode(prompt + answer)
+        assert pieces == answer_text
+        checked += 1
+    assert checked >= 2
+
+
+def test_prefix_ending_inside_a_character(tokenizer: Tokenizer) -> None:
+    ids = tokenizer.encode("ab🦙cd", bos=False)
+    cut = next((k for k in range(1, len(ids)) if "\ufffd" in tokenizer.decode(ids[:k])), None)
+    if cut is None:
+        pytest.skip("this vocabulary holds the emoji whole")
+    decoder = tokenizer.stream_decoder(prefix=ids[:cut])
+    rest = "".join(decoder.push(i) for i in ids[cut:]) + decoder.flush()
+    assert rest.startswith("🦙") and rest.endswith("cd")

@@ -11,7 +11,7 @@ import codecs
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from ..errors import TokenizerError
 from .chat import ChatTemplate
@@ -119,9 +119,14 @@ class Tokenizer(ABC):
         decoder = self.stream_decoder(skip_special=skip_special)
         return "".join([decoder.push(i) for i in ids]) + decoder.flush()
 
-    def stream_decoder(self, skip_special: bool = False) -> StreamDecoder:
-        """A decoder fed one id at a time that only ever returns whole characters."""
-        return StreamDecoder(self, skip_special=skip_special)
+    def stream_decoder(self, skip_special: bool = False, prefix: Sequence[int] = ()) -> StreamDecoder:
+        """A decoder fed one id at a time that only ever returns whole characters.
+
+        prefix: ids already shown before the stream starts (the prompt of a completion). They are decoded silently,
+        so the stream continues them: a SentencePiece word-start space is kept ("Once upon a" + " time"), and a
+        character the prompt's last token began is finished. Then decode(prefix) + pieces == decode(prefix + ids).
+        """
+        return StreamDecoder(self, skip_special=skip_special, prefix=prefix)
 
     def _check_id(self, token_id: int) -> int:
         if not 0 <= token_id < self.vocab_size:
@@ -150,11 +155,13 @@ class StreamDecoder:
     its last byte arrives. The concatenation of everything push() and flush() return equals tokenizer.decode(ids).
     """
 
-    def __init__(self, tokenizer: Tokenizer, skip_special: bool = False) -> None:
+    def __init__(self, tokenizer: Tokenizer, skip_special: bool = False, prefix: Sequence[int] = ()) -> None:
         self._tokenizer = tokenizer
         self._skip_special = skip_special
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._seen_text = False
+        for token_id in prefix:
+            self.push(token_id)
 
     def push(self, token_id: int) -> str:
         tok = self._tokenizer
