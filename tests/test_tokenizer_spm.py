@@ -141,3 +141,21 @@ def test_model_without_dummy_prefix(tmp_path: Path) -> None:
         assert folder_tok.encode(text, bos=False) == ids
         assert gguf_tok.encode(text, bos=False) == ids, text
         assert folder_tok.decode(ids) == gguf_tok.decode(ids) == sp.decode(ids), text
+
+
+def test_sentencepiece_style_tokenizer_json_defers_to_tokenizer_model(trained: Path, tmp_path: Path) -> None:
+    """TinyLlama/Llama 2 folders also hold a tokenizer.json (Metaspace BPE with byte fallback): tokenizer.model wins,
+    and tokenizer_config.json still supplies the chat template."""
+    import json
+
+    shutil.copy(trained, tmp_path / "tokenizer.model")
+    spec = {"model": {"type": "BPE", "byte_fallback": True, "vocab": {}, "merges": []},
+            "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581"}, "decoder": {"type": "Sequence"}}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    template = "{% for message in messages %}{{ '<|user|>\\n' + message['content'] + eos_token }}{% endfor %}" \
+               "{{ '<|assistant|>' }}"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template, "eos_token": "</s>"}))
+    tok = load_tokenizer(tmp_path)
+    assert isinstance(tok, SentencePieceTokenizer)
+    assert tok.chat_template.name == "zephyr" and tok.chat_template.eos_token == "</s>"
+    assert tok.eos_ids == (2,)
