@@ -65,3 +65,12 @@ def test_out_of_range_id(tmp_path: Path) -> None:
     with pytest.raises(TokenizerError, match=r"token id 300 is outside the vocabulary \(0\.\.299\)"):
         tok.decode([5, 300])
     assert issubclass(TokenizerError, MinillamaError)
+
+
+def test_malformed_tokenizer_json(tmp_path: Path) -> None:
+    train_byte_level(tmp_path, "gpt2", vocab_size=300)
+    spec = json.loads((tmp_path / "tokenizer.json").read_text())
+    spec["added_tokens"] = [{"content": "<x>"}]  # no id
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(TokenizerError, match=r"tokenizer\.json: malformed tokenizer\.json \(KeyError"):
+        load_tokenizer(tmp_path)

@@ -132,3 +132,9 @@ def test_unknown_gguf_pre_tokenizer_is_refused() -> None:
 def test_gguf_without_tokenizer_is_refused() -> None:
     with pytest.raises(TokenizerError, match="model.gguf: no tokenizer"):
         tokenizer_from_gguf({"general.architecture": "llama"}, source="model.gguf")
+
+
+def test_malformed_gguf_metadata_is_named() -> None:
+    metadata = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a", "b"], "tokenizer.ggml.merges": [3]}
+    with pytest.raises(TokenizerError, match="m.gguf: malformed tokenizer metadata"):
+        tokenizer_from_gguf(metadata, source="m.gguf")

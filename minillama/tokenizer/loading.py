@@ -101,7 +101,10 @@ def load_tokenizer(model_dir: Path) -> Tokenizer:
     tokenizer_json = model_dir / "tokenizer.json"
     spec = _read_json(tokenizer_json) if tokenizer_json.is_file() else None
     if spec is not None and _is_byte_level(spec):
-        return _from_tokenizer_json(spec, facts, tokenizer_json)
+        try:
+            return _from_tokenizer_json(spec, facts, tokenizer_json)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise TokenizerError(f"{tokenizer_json}: malformed tokenizer.json ({type(exc).__name__}: {exc})") from None
     for model_file in (model_dir / "tokenizer.model", model_dir / "original" / "tokenizer.model"):
         if model_file.is_file():
             return _from_tokenizer_model(model_file, facts)
@@ -114,10 +117,8 @@ def load_tokenizer(model_dir: Path) -> Tokenizer:
     raise TokenizerError(f"{model_dir}: no tokenizer.json or tokenizer.model in the model folder")
 
 
-def _resolve(text: str | None, lookup: dict[str, int] | Tokenizer) -> int | None:
-    if text is None:
-        return None
-    return lookup.id_of(text) if isinstance(lookup, Tokenizer) else lookup.get(text)
+def _resolve(text: str | None, lookup: dict[str, int]) -> int | None:
+    return None if text is None else lookup.get(text)
 
 
 def _end_ids(facts: _FolderFacts, lookup: dict[str, int], specials: Iterable[str]) -> list[int]:
@@ -144,6 +145,7 @@ def _from_tokenizer_model(path: Path, facts: _FolderFacts) -> Tokenizer:
     lookup = {processor.id_to_piece(i): i for i in range(processor.get_piece_size())
               if processor.is_control(i) or processor.is_unknown(i)}
     lookup.update({t.content: t.id for t in added})
+
     def piece(token_id: int) -> str | None:
         return processor.id_to_piece(token_id) if token_id >= 0 else None
 
@@ -320,8 +322,15 @@ def _normalizer(component: Any, path: Path) -> Normalizer | None:
 
 # -- GGUF --------------------------------------------------------------------------------------------------------
 def tokenizer_from_gguf(metadata: dict[str, Any], source: str = "GGUF metadata") -> Tokenizer:
-    """The tokenizer stored in a GGUF file's metadata (plain Python values keyed by GGUF key names)."""
+    """The tokenizer stored in a GGUF file's metadata (plain Python values keyed by GGUF key names); source names
+    the file in error messages."""
+    try:
+        return _from_gguf(metadata, source)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise TokenizerError(f"{source}: malformed tokenizer metadata ({type(exc).__name__}: {exc})") from None
 
+
+def _from_gguf(metadata: dict[str, Any], source: str) -> Tokenizer:
     def key(name: str, default: Any = None) -> Any:
         return metadata.get(f"tokenizer.ggml.{name}", default)
 
