@@ -95,7 +95,8 @@ class _Run:
         self.max_new, self.stop, self.keep_records = max_new, stop, records
         self.new_tokens: list[int] = []
         self.records: list[dict[str, Any]] = []
-        self.decoder = engine.tokenizer.stream_decoder()
+        # the prompt's tail tells the decoder whether the first new piece starts a word (sentencepiece spaces)
+        self.decoder = engine.tokenizer.stream_decoder(prefix=history[-8:])
         self.text = ""
         self.emitted = 0                    # characters of `text` already handed to a stream
         self.finish_reason: str | None = None

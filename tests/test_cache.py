@@ -24,7 +24,7 @@ class FakeTokenizer:
         def flush(self) -> str:
             return ""
 
-    def stream_decoder(self):
+    def stream_decoder(self, prefix=()):
         return self._Decoder()
 
 
