@@ -130,7 +130,7 @@ async def _answer_or_gone(answer) -> Response:
 
 
 async def _next_event(job: Job, request: Request) -> tuple:
-    """The job's next event, watching meanwhile for the client to go away."""
+    """The job's next event, checking meanwhile (at least every _DISCONNECT_POLL_S) that the client is still there."""
     while True:
         try:
             return await asyncio.wait_for(job.events.get(), _DISCONNECT_POLL_S)

@@ -11,7 +11,7 @@ Between steps the thread
 New text goes to each request's asyncio queue through loop.call_soon_threadsafe; the event loop never touches torch.
 
 Events a Job's queue receives: ("started",) after prefill, ("text", [piece per choice]) after a step that produced
-text, then exactly one of ("done", Completion) or ("error", RequestError).
+text (streaming requests only), then exactly one of ("done", Completion) or ("error", RequestError).
 """
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ class Scheduler:
         self._waiting: collections.deque[Job] = collections.deque()
         self._running: list[Job] = []
         self._reserved = 0                               # blocks reserved by running jobs
+        self._ended = collections.Counter()              # requests "done", "cancelled", "failed" so far
         self._wake = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -130,8 +131,10 @@ class Scheduler:
         with self._wake:
             running = sum(j.request.n for j in self._running)
             waiting = len(self._waiting)
+            ended = dict(self._ended)
         return {"running_sequences": running, "waiting_requests": waiting,
-                "used_blocks": manager.used_blocks, "free_blocks": manager.free_blocks}
+                "used_blocks": manager.used_blocks, "free_blocks": manager.free_blocks,
+                **{f"{outcome}_requests": ended.get(outcome, 0) for outcome in ("done", "cancelled", "failed")}}
 
     # ---- the scheduler thread -----------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -160,9 +163,10 @@ class Scheduler:
         for job in [j for j in self._waiting if j.cancelled]:
             self._waiting.remove(job)
             job.ended = True
+            self._ended["cancelled"] += 1
         for job in [j for j in self._running if j.cancelled]:
             job.stream.close()
-            self._retire(job)
+            self._retire(job, "cancelled")
 
     def _admit(self) -> list[Job]:
         """Waiting jobs that fit now, in arrival order (the first that does not fit holds the rest back, so a large
@@ -202,22 +206,23 @@ class Scheduler:
         """Hand each running job the text its samples produced in this step; retire the finished ones."""
         for job in list(self._running):
             pieces = job.stream.poll()
-            if any(pieces):
+            if job.request.stream and any(pieces):       # a non-streaming reply is built from the completion
                 job.emit("text", pieces)
             if job.stream.finished:
                 job.emit("done", job.stream.completion)
-                self._retire(job)
+                self._retire(job, "done")
 
-    def _retire(self, job: Job) -> None:
+    def _retire(self, job: Job, outcome: str) -> None:
         with self._wake:
             self._running.remove(job)
             self._reserved -= job.blocks
+            self._ended[outcome] += 1
             job.ended = True
 
     def _end_with_error(self, job: Job, error: RequestError) -> None:
         if job.stream is not None:
             job.stream.close()
-        self._retire(job)
+        self._retire(job, "failed")
         job.emit("error", error)
 
     def _fail_running(self, error: Exception) -> None:
