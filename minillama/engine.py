@@ -492,6 +492,8 @@ class Engine:
         positions = torch.tensor([list(range(st, st + T)) for st in starts], device=device)
         batch = ForwardBatch(cache=cache, write_slots=torch.cat(slots) if len(slots) > 1 else slots[0],
                              positions=positions, lengths=lengths)
+        if len(seqs) * T == 1:
+            batch.write_slot = int(slots[0])
         if len(seqs) == 1 and seqs[0].contiguous:
             batch.contig_start = seqs[0].blocks[0] * cache.block_size
         else:

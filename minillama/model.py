@@ -56,6 +56,7 @@ class ForwardBatch:
     positions: torch.Tensor
     lengths: list[int]
     contig_start: int | None = None
+    write_slot: int | None = None                  # the slot, when there is exactly one new token
     read_slots: torch.Tensor | None = None
     valid: torch.Tensor | None = None
 
@@ -94,18 +95,22 @@ class Attention(nn.Module):
         if noise is not None and noise.theta("H", layer):
             h = noise.apply("H", layer, h.unsqueeze(2), batch.positions).squeeze(2)
         qkv = self.wqkv(h)
-        q = qkv[..., :self.q_size].view(B, T, self.n_heads, self.head_dim)
-        k = qkv[..., self.q_size:self.q_size + self.kv_size].view(B, T, self.n_kv, self.head_dim)
+        # q and k heads side by side, so one RoPE covers both: x*cos + roll(x, d/2)*sin_signed is rotate-half RoPE
+        qk = qkv[..., :self.q_size + self.kv_size].view(B, T, self.n_heads + self.n_kv, self.head_dim)
         v = qkv[..., self.q_size + self.kv_size:].view(B, T, self.n_kv, self.head_dim)
         if noise is not None and noise.theta("Q", layer):
-            q = noise.apply("Q", layer, q, batch.positions)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+            qk = torch.cat([noise.apply("Q", layer, qk[:, :, :self.n_heads], batch.positions),
+                            qk[:, :, self.n_heads:]], dim=2)
+        qk = torch.addcmul(qk * cos, qk.roll(self.head_dim // 2, -1), sin)
+        q, k = qk[:, :, :self.n_heads], qk[:, :, self.n_heads:]
 
-        cache = batch.cache
-        # cache layout [layers, kv_heads, slots, d]; new rows go in as [kv_heads, B*T, d]
-        cache.k[layer][:, batch.write_slots] = k.reshape(B * T, self.n_kv, self.head_dim).transpose(0, 1)
-        cache.v[layer][:, batch.write_slots] = v.reshape(B * T, self.n_kv, self.head_dim).transpose(0, 1)
+        kc, vc = batch.cache.k[layer], batch.cache.v[layer]           # [kv_heads, slots, d]
+        if batch.write_slot is not None:                                # one new token: a plain copy
+            kc[:, batch.write_slot] = k[0, 0]
+            vc[:, batch.write_slot] = v[0, 0]
+        else:
+            kc[:, batch.write_slots] = k.reshape(B * T, self.n_kv, self.head_dim).transpose(0, 1)
+            vc[:, batch.write_slots] = v.reshape(B * T, self.n_kv, self.head_dim).transpose(0, 1)
         keys, values = self._read_context(batch)                       # [B, kv_heads, L, d]
         if noise is not None:
             keys, values = self._perturb_context(keys, values, batch, rotary, noise)
@@ -189,11 +194,6 @@ class Attention(nn.Module):
         return {"rows": rows}
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -232,14 +232,14 @@ class Transformer(nn.Module):
     def forward(self, tokens: torch.Tensor, batch: ForwardBatch, *, noise=None, capture: frozenset[int] = frozenset(),
                 all_logits: bool = False) -> ModelOutput:
         x = self.embed(tokens)
-        cos, sin = self.rotary.cos_sin(batch.positions, x.dtype)
+        cos, sin = self.rotary.cos_sin(batch.positions, x.dtype, signed=True)
         captured: dict[int, dict] = {}
         for i, block in enumerate(self.layers):
             attn_out, rows = block.attn(block.attn_norm(x), batch, self.rotary, cos, sin, noise, i in capture)
             if rows is not None:
                 captured[i] = rows
-            x = x + attn_out
-            x = x + block.mlp(block.mlp_norm(x))
+            x += attn_out
+            x += block.mlp(block.mlp_norm(x))
         if not all_logits:
             x = x[:, -1]
         h = self.norm(x)

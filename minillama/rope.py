@@ -54,13 +54,16 @@ class Rotary:
         self._dynamic = config.rope_scaling is not None and rope_scaling_type(config.rope_scaling) == "dynamic"
         self._dynamic_len = config.max_seq_len
 
-    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin of shape [*positions.shape, 1, head_dim] (the 1 broadcasts over heads)."""
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype, signed: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin of shape [*positions.shape, 1, head_dim] (the 1 broadcasts over heads). With `signed`, the first
+        half of sin is negated, so that x*cos + roll(x, d/2)*sin equals x*cos + rotate_half(x)*sin."""
         if self._dynamic:
             self._maybe_stretch(int(positions.max()) + 1)
         freqs = positions.to(torch.float32).unsqueeze(-1) * self.inv_freq
         emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(-2)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        sin = torch.cat((-freqs, freqs), dim=-1).unsqueeze(-2).sin() if signed else emb.sin()
+        return emb.cos().to(dtype), sin.to(dtype)
 
     def _maybe_stretch(self, seq_len: int) -> None:
         # Like transformers, the frequencies only ever grow with the longest context seen.
