@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("server")
     group.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it)")
-    group.add_argument("--port", type=int, default=8080, help="TCP port (default: 8080)")
+    group.add_argument("--port", type=int, default=8080, help="TCP port; 0 picks a free one (default: 8080)")
     group.add_argument("--max-batch", type=int, default=8, metavar="N",
                        help="most sequences decoded together in one step; a request with n samples counts n "
                             "(default: 8)")
