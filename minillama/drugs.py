@@ -495,12 +495,14 @@ class NoisePlan:
             return torch.normal(0.0, _INV_SQRT2, work.shape, generator=self._generators[0], dtype=work.dtype,
                                 device=work.device)
         # Padding entries get 1s: harmless placeholders (their output is replaced by the input).
-        return self._fill(torch.empty_like(work) if layout.rows is None else torch.ones_like(work), layout,
-                          uniform=False)
+        # Logical (contiguous) order, whatever the strides of `work`: a row's draws must land on the same entries
+        # whether it is alone or in a batch.
+        fresh = torch.empty if layout.rows is None else torch.ones
+        return self._fill(fresh(work.shape, dtype=work.dtype, device=work.device), layout, uniform=False)
 
     def _rotate_compat(self, work: torch.Tensor, theta: float, layout: _Layout) -> torch.Tensor:
         """DRUGS' original: rand_like direction, then a separate uniform angle (per row: direction, then angles)."""
-        direction = self._fill(torch.ones_like(work), layout, uniform=True)
+        direction = self._fill(torch.ones(work.shape, dtype=work.dtype, device=work.device), layout, uniform=True)
         angles = self._fill(torch.zeros(work.shape[:-1] + (1,), dtype=work.dtype, device=work.device),
                             layout, uniform=True).mul_(theta)
         return _rotate_by(work, direction, angles)

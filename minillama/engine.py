@@ -509,7 +509,9 @@ class Engine:
         out = self.model(tokens, batch, noise=noise, capture=layers, all_logits=all_logits)
         for s, toks, st in zip(seqs, new_tokens, starts):
             cache.commit(s, toks)
-            if noise is not None and noise.taints_cache:
+            # Any dosed site changes what later layers compute for these tokens (K/V noise through the attention
+            # output), so their cached K/V are "drugged" even though no noise is written into the cache itself.
+            if noise is not None:
                 s.mark_drugged(st)
         return out
 
