@@ -63,7 +63,7 @@ UNIFORM = torch.zeros(1024)
 def test_alpha_definition_and_states():
     s = AlphaSampler(SamplerConfig(lookahead=False))
     assert isinstance(s, Sampler)
-    # α = 3·(0.7·Ĥ_tok + 0.3·Ĥ_attn)
+    # α = 4·(0.7·Ĥ_tok + 0.3·Ĥ_attn)
     c = ctx(PEAKED, one_hot_attention())
     s.sample(c)
     assert c.record["state"] == "cold" and c.record["alpha"] == pytest.approx(0.0, abs=1e-6)
@@ -71,14 +71,14 @@ def test_alpha_definition_and_states():
     assert (c.record["temperature"], c.record["top_k"], c.record["top_p"]) == (0.4, 40, 0.85)
     c = ctx(PEAKED, uniform_attention())
     s.sample(c)
-    assert c.record["state"] == "mixed" and c.record["alpha"] == pytest.approx(0.9, abs=1e-4)
+    assert c.record["state"] == "mixed" and c.record["alpha"] == pytest.approx(1.2, abs=1e-4)
     assert c.record["temperature"] == pytest.approx(SamplerConfig().temperature(c.record["alpha"]))
     c = ctx(UNIFORM, uniform_attention())
     s.sample(c)
-    assert c.record["state"] == "hot" and c.record["alpha"] == pytest.approx(3.0, abs=1e-4)
-    c = ctx(UNIFORM, None)                        # no attention: α = 3·Ĥ_tok
+    assert c.record["state"] == "hot" and c.record["alpha"] == pytest.approx(4.0, abs=1e-4)
+    c = ctx(UNIFORM, None)                        # no attention: α = 4·Ĥ_tok
     s.sample(c)
-    assert c.record["attn_entropy_norm"] is None and c.record["alpha"] == pytest.approx(3.0, abs=1e-4)
+    assert c.record["attn_entropy_norm"] is None and c.record["alpha"] == pytest.approx(4.0, abs=1e-4)
     assert s.state_counts == {"cold": 1, "mixed": 1, "hot": 2}
 
 
@@ -87,8 +87,8 @@ def test_alpha_window_averages():
     s.sample(ctx(PEAKED, one_hot_attention()))
     c = ctx(UNIFORM, uniform_attention())
     s.sample(c)
-    assert c.record["alpha_step"] == pytest.approx(3.0, abs=1e-4)
-    assert c.record["alpha"] == pytest.approx(1.5, abs=1e-4)
+    assert c.record["alpha_step"] == pytest.approx(4.0, abs=1e-4)
+    assert c.record["alpha"] == pytest.approx(2.0, abs=1e-4)
 
 
 def test_cold_lookahead_picks_min_score_candidate():
