@@ -16,7 +16,7 @@ import sys
 
 from ..errors import MinillamaError
 
-SUBCOMMANDS = ("chat", "generate", "serve")
+SUBCOMMANDS = ("chat", "generate", "serve", "lab")
 
 
 def build_parser() -> argparse.ArgumentParser:
