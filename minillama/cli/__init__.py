@@ -16,7 +16,7 @@ import sys
 
 from ..errors import MinillamaError
 
-SUBCOMMANDS = ("chat", "generate", "serve", "lab")
+SUBCOMMANDS = ("chat", "generate", "serve", "lab", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
