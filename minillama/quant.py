@@ -1,0 +1,194 @@
+"""Int8 weights kept quantized on the CPU: every Linear of the decoder and the LM head, per-output-channel scales.
+
+Decode on a CPU reads every weight once per token, so its speed is bounded by weight bytes: int8 reads a quarter
+of float32. The matmul is PyTorch's FBGEMM dynamic-quantization kernel (`quantized::linear_dynamic`): weights are
+int8 packed once at load, each call quantizes the activations per tensor to uint8 on the fly and accumulates in
+int32. It measured fastest of the CPU int8/int4 kernels PyTorch and torchao offer on this machine, see
+docs/quant/KERNELS.md. Embeddings and norms stay float; a tied model gets a separate quantized head.
+
+Two ways in:
+    quantize_linears_(meta_model, "int8")   before build_model fills the model: each nn.Linear becomes an unfilled
+                                            QuantLinear whose `weight` slot quantizes the float weight as it is
+                                            copied in, so no float copy of the whole model ever exists;
+    quantize_tied_head_(model)              after filling: the quantized head of a tied model;
+    quantize_model_(model, "int8")          an already built float model, in place (tests, tools).
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn as nn
+
+from .errors import MinillamaError
+
+QUANT_SCHEMES = ("int8",)
+_INT8_ENGINES = ("x86", "fbgemm", "qnnpack")
+
+
+class QuantizationError(MinillamaError, ValueError):
+    """An unknown quantization name, a platform without the int8 kernels, or a weight that cannot be quantized."""
+
+
+def check_quant(quant: str, device: torch.device | str = "cpu") -> str:
+    """Validate a quantization name for `device` and make sure the int8 engine is selected. Returns the name."""
+    if quant not in QUANT_SCHEMES:
+        raise QuantizationError(f"quant={quant!r} is not known (known: {', '.join(QUANT_SCHEMES)}, or None for "
+                                f"float weights)")
+    if torch.device(device).type != "cpu":
+        raise QuantizationError(f"quant={quant!r} runs on the CPU only; got device {str(device)!r}. Use "
+                                f"device='cpu', or drop quant and use dtype='bfloat16' on {device}")
+    _select_int8_engine()
+    return quant
+
+
+def _select_int8_engine() -> str:
+    engines = torch.backends.quantized.supported_engines
+    if torch.backends.quantized.engine in _INT8_ENGINES:
+        return torch.backends.quantized.engine
+    for engine in _INT8_ENGINES:
+        if engine in engines:
+            torch.backends.quantized.engine = engine
+            return engine
+    raise QuantizationError(
+        f"this PyTorch build has no int8 CPU engine (supported_engines={engines}, need one of "
+        f"{', '.join(_INT8_ENGINES)}); load without quant (float32 or dtype='bfloat16') instead")
+
+
+def quantize_int8(weight: torch.Tensor, name: str = "weight") -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: (q int8 [out, in], scale float32 [out]) with weight ≈ q * scale."""
+    w = weight.detach().float()
+    if not torch.isfinite(w).all():
+        raise QuantizationError(f"{name}: the weight holds NaN or infinite values and cannot be quantized")
+    scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+class _WeightSlot:
+    """What `QuantLinear.weight` is until filled: build_model checks its `.shape` and `.copy_`s the float weight
+    into it; the copy quantizes into the owning QuantLinear and keeps nothing float."""
+
+    def __init__(self, owner: "QuantLinear"):
+        self._owner = owner
+        self.shape = torch.Size((owner.out_features, owner.in_features))
+
+    def copy_(self, weight: torch.Tensor) -> "_WeightSlot":
+        self._owner.load_weight(weight)
+        return self
+
+    def __repr__(self) -> str:
+        state = "filled" if self._owner.filled else "empty"
+        return f"QuantizedWeight(int8, shape={tuple(self.shape)}, {state})"
+
+
+class QuantLinear(nn.Module):
+    """Drop-in for nn.Linear with int8 weights: y = x @ (q * scale)^T (+ bias). Any leading shape ([B, T, in]);
+    float32 activations go to the kernel as they are, bfloat16/float16 ones are computed in float32 and cast back.
+    The bias (Qwen2's q/k/v) stays a float parameter, added after the matmul so it can arrive before or after
+    the weight while loading."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, name: str = "weight"):
+        super().__init__()
+        self.in_features, self.out_features, self.name = in_features, out_features, name
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+        self.weight = _WeightSlot(self)
+        self._packed = None                       # FBGEMM's packed int8 weight (opaque, not a tensor)
+        self.scale: torch.Tensor | None = None    # [out] float32, kept for dequantize() and reporting
+
+    @property
+    def filled(self) -> bool:
+        return self._packed is not None
+
+    def load_weight(self, weight: torch.Tensor) -> None:
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise QuantizationError(f"{self.name}: expected a weight of shape {(self.out_features, self.in_features)},"
+                                    f" got {tuple(weight.shape)}")
+        if weight.device.type != "cpu":
+            raise QuantizationError(f"{self.name}: int8 weights live on the CPU; got a weight on {weight.device}")
+        q, scale = quantize_int8(weight, self.name)
+        with warnings.catch_warnings():
+            # PyTorch marks quantized tensor creation deprecated (issue 184982); it is still the only way to hand
+            # FBGEMM a per-channel int8 weight, and the kernel itself is not deprecated. Re-check on upgrades.
+            warnings.simplefilter("ignore", UserWarning)
+            qweight = torch._make_per_channel_quantized_tensor(q, scale.double(),
+                                                              torch.zeros(self.out_features, dtype=torch.long), 0)
+        self._packed = torch.ops.quantized.linear_prepack(qweight, None)
+        self.scale = scale
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, name: str = "weight") -> "QuantLinear":
+        out_features, in_features = weight.shape
+        module = cls(in_features, out_features, bias is not None, name)
+        module.load_weight(weight)
+        if bias is not None:
+            module.bias.copy_(bias.float())
+        return module
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight the int8 one stands for (q * scale), for checks and analysis; not used to compute."""
+        q, _ = torch.ops.quantized.linear_unpack(self._packed)
+        return q.dequantize().float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._packed is None:
+            raise QuantizationError(f"{self.name}: this quantized Linear was never given its weight")
+        xf = x if x.dtype == torch.float32 else x.float()
+        # reduce_range: 7-bit activations, so AVX2's int16 pairwise accumulation (vpmaddubsw) cannot saturate
+        y = torch.ops.quantized.linear_dynamic(xf, self._packed, True)
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8"
+
+    def nbytes(self) -> int:
+        """Bytes this layer's weights take: int8 weight + float32 scale (+ bias)."""
+        return self.in_features * self.out_features + 4 * self.out_features + (
+            0 if self.bias is None else self.bias.numel() * self.bias.element_size())
+
+
+def _linear_modules(model: nn.Module):
+    for module_name, module in model.named_modules():
+        for child_name, child in module.named_children():
+            if isinstance(child, nn.Linear):
+                yield module, child_name, child, f"{module_name}.{child_name}".lstrip(".")
+
+
+def quantize_linears_(model: nn.Module, quant: str) -> nn.Module:
+    """Replace every nn.Linear of `model` (typically still on the meta device) by an unfilled QuantLinear.
+    Copying a float weight into `.weight` quantizes it. Returns the model."""
+    check_quant(quant)
+    for parent, child_name, child, full_name in list(_linear_modules(model)):
+        setattr(parent, child_name, QuantLinear(child.in_features, child.out_features, child.bias is not None,
+                                                full_name))
+    return model
+
+
+def quantize_tied_head_(model: nn.Module) -> nn.Module:
+    """A tied model computes logits with the float embedding matrix; give it a quantized copy as `lm_head` so the
+    largest matmul of decode reads int8 too (the embedding lookup stays float)."""
+    if getattr(model, "lm_head", None) is None:
+        model.lm_head = QuantLinear.from_float(model.embed.weight, name="lm_head (tied to the embedding)")
+    return model
+
+
+@torch.no_grad()
+def quantize_model_(model: nn.Module, quant: str) -> nn.Module:
+    """Quantize an already built float model in place: every nn.Linear, and a tied LM head. Returns the model."""
+    check_quant(quant)
+    for parent, child_name, child, full_name in list(_linear_modules(model)):
+        setattr(parent, child_name, QuantLinear.from_float(child.weight, child.bias, full_name))
+    return quantize_tied_head_(model)
+
+
+def float_nbytes(model: nn.Module) -> int:
+    """Bytes of the float parameters and buffers the model holds (embedding, norms, biases once quantized)."""
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())
+               if t.is_floating_point())
+
+
+def quantized_nbytes(model: nn.Module) -> int:
+    """Bytes of the int8 weights (with their scales) the model holds."""
+    return sum(m.nbytes() for m in model.modules() if isinstance(m, QuantLinear))
