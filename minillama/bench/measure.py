@@ -118,6 +118,27 @@ def eos_disabled(engine) -> Iterator[None]:
         engine.tokenizer = original
 
 
+class _SilentDecoder:
+    def push(self, token: int) -> str:
+        return ""
+
+    def flush(self) -> str:
+        return ""
+
+
+class IdsOnlyTokenizer:
+    """For a weights-only model (no tokenizer files, e.g. a random model built to be timed): prompts are token ids,
+    nothing ends a sequence, and no text is produced."""
+    eos_ids: tuple[int, ...] = ()
+    bos_id: int | None = None
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def stream_decoder(self, skip_special: bool = False, prefix=()) -> _SilentDecoder:
+        return _SilentDecoder()
+
+
 def bench_prompt(vocab_size: int, n_tokens: int, bos_id: int | None, seed: int = 0) -> list[int]:
     """n_tokens ids drawn uniformly from the vocabulary (after BOS when the model has one), like llama-bench's."""
     rng = random.Random(seed)
@@ -139,17 +160,17 @@ def time_generation(engine, prompt: list[int], new_tokens: int, sampler: Sampler
 
 def bench_variants(engine, variants: list[Variant], *, prompt_tokens: int, new_tokens: int, repeat: int,
                    progress: Callable[[str], None] | None = None) -> list[VariantResult]:
-    """Every variant `repeat` times, interleaved (variant order rotates each round) so a noisy neighbour slows all
+    """Every variant `repeat` times on random prompts of `prompt_tokens` ids, interleaved (variant order rotates each round) so a noisy neighbour slows all
     variants alike instead of whichever happened to be running. One warm-up generation first (first-call
     allocations, lazily built tables)."""
     if new_tokens < 2:
         raise ValueError(f"new_tokens must be >= 2 to time decode, got {new_tokens}")
     tok = engine.tokenizer
-    prompt = bench_prompt(engine.config.vocab_size if tok is None else min(tok.vocab_size, engine.config.vocab_size),
-                          prompt_tokens, getattr(tok, "bos_id", None))
+    vocab = engine.config.vocab_size if tok is None else min(tok.vocab_size, engine.config.vocab_size)
+    bos = getattr(tok, "bos_id", None)
     results = [VariantResult(v.name) for v in variants]
     with eos_disabled(engine):
-        time_generation(engine, prompt[: min(len(prompt), 16)], 4)
+        time_generation(engine, bench_prompt(vocab, min(prompt_tokens, 16), bos, seed=-1), 4)
         for r in range(repeat):
             order = list(range(len(variants)))
             order = order[r % len(order):] + order[: r % len(order)]
@@ -157,6 +178,8 @@ def bench_variants(engine, variants: list[Variant], *, prompt_tokens: int, new_t
                 if progress is not None:
                     progress(f"[{r + 1}/{repeat}] {variants[i].name}")
                 sampler, drugs = variants[i].make(tok)
+                # a new prompt every run: the engine's prefix cache would skip the prefill of a repeated one
+                prompt = bench_prompt(vocab, prompt_tokens, bos, seed=r * len(variants) + i)
                 results[i].runs.append(time_generation(engine, prompt, new_tokens, sampler, drugs, seed=r))
     return results
 
