@@ -59,15 +59,19 @@ class ForwardBatch:
     write_slot: int | None = None                  # the slot, when there is exactly one new token
     read_slots: torch.Tensor | None = None
     valid: torch.Tensor | None = None
+    _key_positions: torch.Tensor | None = None
 
     @property
     def max_len(self) -> int:
         return max(self.lengths)
 
     def key_positions(self) -> torch.Tensor:
-        """[B, Lmax] position of each context entry, -1 for padding (what noise uses for sink protection)."""
-        pos = torch.arange(self.max_len, device=self.positions.device).expand(len(self.lengths), -1)
-        return pos if self.valid is None else pos.masked_fill(~self.valid, -1)
+        """[B, Lmax] position of each context entry, -1 for padding (what noise uses for sink protection).
+        Built once per forward: the noise plan works out a positions tensor's layout once and reuses it."""
+        if self._key_positions is None:
+            pos = torch.arange(self.max_len, device=self.positions.device).expand(len(self.lengths), -1)
+            self._key_positions = pos if self.valid is None else pos.masked_fill(~self.valid, -1)
+        return self._key_positions
 
 
 @dataclass
