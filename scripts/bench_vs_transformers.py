@@ -273,17 +273,19 @@ def compare(folder: Path, shape_name: str, dtype_name: str, args, log) -> dict:
             "decode_tps": {k: Summary.of([t.tg_tps for t in v]).as_dict() for k, v in runs.items()},
             "prefill_tps": {k: Summary.of([t.pp_tps for t in v]).as_dict() for k, v in runs.items()},
             "ttft_ms": {k: Summary.of([1e3 * t.ttft_s for t in v]).as_dict() for k, v in runs.items()},
-            "load_s": {k: Summary.of([x["load_s"] for x in v]).as_dict() for k, v in loads.items()},
+            "load_s": {k: Summary.of([x["load_s"] for x in v]).as_dict() if v else None for k, v in loads.items()},
             "peak_rss_mib": {k: Summary.of([(x["peak_rss"] - x["baseline_rss"]) / 2**20 for x in v]).as_dict()
-                             for k, v in loads.items()},
+                             if v else None for k, v in loads.items()},
             "matmul_only_tps": Summary.of([1 / s for s in limit_s]).as_dict()}
 
 
 def result_table(res: dict, bandwidth: float) -> str:
-    def cell(d: dict, digits: int = 2) -> str:
-        return f"{d['median']:.{digits}f} ± {d['spread']:.{digits}f}"
+    def cell(d: dict | None, digits: int = 2) -> str:
+        return "-" if d is None else f"{d['median']:.{digits}f} ± {d['spread']:.{digits}f}"
 
     def ratio(metric: str, higher_is_better: bool = True) -> str:
+        if res[metric]["minillama"] is None or res[metric]["transformers"] is None:
+            return "-"
         a, b = res[metric]["minillama"]["median"], res[metric]["transformers"]["median"]
         return f"{(a / b if higher_is_better else b / a):.2f}×" if a and b else "-"
 
@@ -335,7 +337,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-p", "--n-prompt", type=int, default=None, help="prompt tokens (default 256; quick 64)")
     parser.add_argument("-n", "--n-gen", type=int, default=None, help="new tokens (default 64; quick 16)")
     parser.add_argument("--runs", type=int, default=None, help="timed rounds per engine (default 5; quick 3)")
-    parser.add_argument("--load-runs", type=int, default=None, help="load probes per engine (default 2; quick 1)")
+    parser.add_argument("--load-runs", type=int, default=None, help="load probes per engine (default 2; quick 1; 0 skips load time and memory)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help=f"torch threads for both engines (default: {torch.get_num_threads()})")
     parser.add_argument("--quick", action="store_true", help="short prompt, few tokens, 3 rounds")
@@ -346,10 +348,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--probe-load", nargs=3, metavar=("ENGINE", "FOLDER", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick = args.quick
-    args.n_prompt = args.n_prompt or (64 if quick else 256)
-    args.n_gen = args.n_gen or (16 if quick else 64)
-    args.runs = args.runs or (3 if quick else 5)
-    args.load_runs = args.load_runs or (1 if quick else 2)
+    for name, normal, short in (("n_prompt", 256, 64), ("n_gen", 64, 16), ("runs", 5, 3), ("load_runs", 2, 1)):
+        if getattr(args, name) is None:
+            setattr(args, name, short if quick else normal)
     args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     for s in args.shapes:
@@ -358,8 +359,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for d in args.dtypes:
         if d not in DTYPES:
             parser.error(f"--dtypes: unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
-    if args.n_gen < 2 or args.n_prompt < 1 or args.runs < 1 or args.load_runs < 1 or args.threads < 1:
-        parser.error("-n must be >= 2 and -p, --runs, --load-runs, --threads >= 1")
+    if args.n_gen < 2 or args.n_prompt < 1 or args.runs < 1 or args.load_runs < 0 or args.threads < 1:
+        parser.error("-n must be >= 2, --load-runs >= 0 and -p, --runs, --threads >= 1")
     return args
 
 
