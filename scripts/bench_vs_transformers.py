@@ -20,7 +20,7 @@ Per shape and dtype, in rounds that alternate which engine goes first:
 Decode t/s = (new tokens - 1) / (time from the first new token to the last); prefill t/s = prompt tokens / time to
 the first token. The bandwidth ceiling is the best measured read bandwidth (a large float32 sum) divided by the
 weight bytes one token reads. Load time and peak memory come from fresh subprocesses (one per engine and round,
-alternating) that load the folder in the dtype and generate a few tokens: peak RSS is getrusage's ru_maxrss, shown
+alternating) that load the folder in the dtype and generate a few tokens: peak RSS is VmHWM (/proc), shown
 minus the RSS of the same process after `import torch, transformers, minillama` (what the model itself costs).
 Figures are medians ± half the range over the rounds.
 """
@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -44,8 +43,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from minillama.bench.measure import model_bytes  # noqa: E402
 from minillama.bench import (IdsOnlyTokenizer, RunTiming, Summary, bench_prompt, markdown_table,  # noqa: E402
-                             matmul_only_seconds, read_bandwidth, time_generation, weight_bytes_per_token)
+                             matmul_only_seconds, peak_rss_bytes, read_bandwidth, time_generation, weight_bytes_per_token)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -213,7 +213,7 @@ def probe_load(engine: str, folder: Path, dtype: torch.dtype) -> dict:
     """Runs in a subprocess: load the folder, generate 4 tokens, report load seconds and RSS figures."""
     import transformers  # noqa: F401  both libraries imported in both probes, so the baselines match
     import minillama  # noqa: F401
-    before = _max_rss()
+    before = peak_rss_bytes()
     t0 = time.perf_counter()
     model = load_minillama(folder, dtype) if engine == "minillama" else load_transformers(folder, dtype)
     load_s = time.perf_counter() - t0
@@ -222,11 +222,7 @@ def probe_load(engine: str, folder: Path, dtype: torch.dtype) -> dict:
         time_minillama(model, prompt, 4)
     else:
         time_transformers(model, prompt, 4)
-    return {"load_s": load_s, "peak_rss": _max_rss(), "baseline_rss": before}
-
-
-def _max_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"load_s": load_s, "peak_rss": peak_rss_bytes(), "baseline_rss": before}
 
 
 def load_in_subprocess(engine: str, folder: Path, dtype: str, threads: int) -> dict:
@@ -262,6 +258,7 @@ def compare(folder: Path, shape_name: str, dtype_name: str, args, log) -> dict:
             runs[name].append(timing)
         limit_s.append(statistics.median(matmul_only_seconds(engine.model, vocab, dtype, repeat=5, warmup=1)))
     weight_bytes = weight_bytes_per_token(engine.model, vocab)
+    model_size = model_bytes(engine.model)
     del engine, reference
     loads: dict[str, list[dict]] = {"minillama": [], "transformers": []}
     for r in range(args.load_runs):
@@ -269,7 +266,7 @@ def compare(folder: Path, shape_name: str, dtype_name: str, args, log) -> dict:
             log(f"{shape_name} {dtype_name}: load probe {r + 1}/{args.load_runs} {name}")
             loads[name].append(load_in_subprocess(name, folder, dtype_name, args.threads))
     return {"shape": shape_name, "dtype": dtype_name, "same_greedy_tokens": f"{same}/{len(ours)}",
-            "weight_bytes_per_token": weight_bytes,
+            "weight_bytes_per_token": weight_bytes, "model_bytes": model_size,
             "decode_tps": {k: Summary.of([t.tg_tps for t in v]).as_dict() for k, v in runs.items()},
             "prefill_tps": {k: Summary.of([t.pp_tps for t in v]).as_dict() for k, v in runs.items()},
             "ttft_ms": {k: Summary.of([1e3 * t.ttft_s for t in v]).as_dict() for k, v in runs.items()},
@@ -308,8 +305,9 @@ def result_table(res: dict, bandwidth: float) -> str:
         ["bandwidth ceiling t/s", f"{ceiling:.2f}", "", ""],
         ["  fraction reached", f"{100 * ours / ceiling:.0f}%", f"{100 * theirs / ceiling:.0f}%", ""],
     ]
-    head = (f"### {res['shape']} {res['dtype']}  (weights read per token: {res['weight_bytes_per_token'] / 2**20:.0f} "
-            f"MiB; same greedy tokens in the warm-up: {res['same_greedy_tokens']})\n\n")
+    head = (f"### {res['shape']} {res['dtype']}  (weights {res['model_bytes'] / 2**20:.0f} MiB, read per token "
+            f"{res['weight_bytes_per_token'] / 2**20:.0f} MiB; same greedy tokens in the warm-up: "
+            f"{res['same_greedy_tokens']})\n\n")
     return head + markdown_table(["", "minillama", "transformers", "ratio (>1: minillama better)"], rows)
 
 

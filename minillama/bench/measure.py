@@ -6,8 +6,9 @@ Definitions, shared with scripts/bench_vs_transformers.py so both engines are ti
   ttft    = seconds from the call to the first generated token (prefill + the first sampling);
   tg  t/s = (new tokens - 1) / (seconds from the first generated token to the last): each of those tokens costs
             one one-token forward and one sampling step, which is what "decode speed" means;
-  peak RSS = the process's resident-set high-water mark from `resource.getrusage(RUSAGE_SELF).ru_maxrss` (the
-            kernel's VmHWM; it never goes down, so it is the peak of everything the process did so far).
+  peak RSS = the process's resident-set high-water mark: VmHWM from /proc/self/status on Linux (reset by exec, so a
+            subprocess does not inherit its parent's peak as getrusage's ru_maxrss does), ru_maxrss elsewhere. It
+            never goes down: it is the peak of everything the process did so far.
 EOS never ends a measured run early: the engine sees a tokenizer with no end-of-sequence ids while it is timed, so
 every run decodes exactly the tokens asked for, on the same fast paths as an ordinary generation.
 """
@@ -191,8 +192,15 @@ def timed_load(loader: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def peak_rss_bytes() -> int:
-    """The process's resident-set high-water mark (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """The process's resident-set high-water mark in bytes (see the module docstring for the source)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux, bytes on macOS
     return peak if sys.platform == "darwin" else peak * 1024
 
 

@@ -34,7 +34,7 @@ def bench_rows(engine, *, prompt_tokens: int, new_tokens: int, repeat: int, load
     rows.append(Row("load", "s", Summary.of(load_s)))
     # before the limits: the bandwidth probe's 512 MiB tensor would otherwise be the high-water mark
     rows.append(Row("peak RSS", "MiB", Summary.of([peak_rss_bytes() / 2**20]),
-                    note="resident-set high-water mark of the whole process so far (getrusage ru_maxrss)"))
+                    note="resident-set high-water mark of the whole process so far (VmHWM)"))
     if limits:
         if progress is not None:
             progress("decode limits (matmul-only replay, read bandwidth)")
