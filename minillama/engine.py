@@ -178,9 +178,10 @@ class Stream:
     def _finish(self) -> None:
         if self._completion is not None:
             return
-        tail = self._runs[0].decoder.flush()
-        if tail and self._runs[0].finish_reason in ("eos", "length", "interrupted"):
-            self._runs[0].add_text(tail)
+        for run in self._runs:       # text the decoders still hold back (an unfinished UTF-8 character)
+            tail = run.decoder.flush()
+            if tail and run.finish_reason in ("eos", "length", "interrupted"):
+                run.add_text(tail)
         self._stats.decode_s = time.perf_counter() - self._t0
         self._completion = Completion([r.choice() for r in self._runs], self._stats)
         if self._on_finish is not None:
@@ -419,13 +420,9 @@ class Engine:
         logits = out.logits[row]
         if run.sampler is None:
             token = int(torch.argmax(logits))
-            if not torch.isfinite(logits[token]):
-                raise GenerationError("the model produced NaN/inf logits; try float32 (--dtype float32)")
             if run.keep_records:
                 run.records.append({"token": token})
             return token
-        if torch.isnan(logits).any():
-            raise GenerationError("the model produced NaN logits; try float32 (--dtype float32)")
         ctx = StepContext(logits=logits, tokens=run.history, prompt_len=run.prompt_len, hidden=out.hidden[row],
                           generator=run.generator,
                           attention=out.attention[row] if out.attention is not None else None,
@@ -507,6 +504,8 @@ class Engine:
         tokens = torch.tensor(new_tokens, device=device)
         layers = capture.resolve(self.config.n_layers) if capture is not None else frozenset()
         out = self.model(tokens, batch, noise=noise, capture=layers, all_logits=all_logits)
+        if torch.isnan(out.logits).any():     # one check for the whole batch; nothing is committed
+            raise GenerationError("the model produced NaN logits; try float32 (--dtype float32)")
         for s, toks, st in zip(seqs, new_tokens, starts):
             cache.commit(s, toks)
             # Any dosed site changes what later layers compute for these tokens (K/V noise through the attention
