@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-
 from ..capture import CaptureRequest
 from ..drugs import Drugs
 from ..errors import SamplerArgumentError
