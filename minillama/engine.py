@@ -232,9 +232,10 @@ class Engine:
         device = torch.device(device or "cpu")
         dtype = _parse_dtype(dtype)
         if quant is not None:
-            raise SamplerArgumentError(f"quant={quant!r} is not known (known: None)")
+            from .quant import check_quant
+            check_quant(quant, device)   # unknown names and platforms without int8 kernels fail before any reading
         ckpt = load_checkpoint(source, dtype=dtype, device=device)
-        model = build_model(ckpt.config, ckpt.tensors, dtype=dtype, device=device)
+        model = build_model(ckpt.config, ckpt.tensors, dtype=dtype, device=device, quant=quant)
         tokenizer = ckpt.tokenizer
         if tokenizer is not None and tokenizer.vocab_size > ckpt.config.vocab_size:
             from .errors import TokenizerError

@@ -262,11 +262,17 @@ _FUSED = {"q_proj": ("wqkv", 0), "k_proj": ("wqkv", 1), "v_proj": ("wqkv", 2),
           "gate_proj": ("w_gate_up", 0), "up_proj": ("w_gate_up", 1)}
 
 
-def build_model(config: ModelConfig, tensors, *, dtype: torch.dtype, device: torch.device) -> Transformer:
+def build_model(config: ModelConfig, tensors, *, dtype: torch.dtype, device: torch.device,
+                quant: str | None = None) -> Transformer:
     """Create the model without initialising it, then fill it from (hf_name, tensor) pairs as they stream in.
-    q/k/v and gate/up are fused on the fly, so at most one layer's pieces are held twice."""
+    q/k/v and gate/up are fused on the fly, so at most one layer's pieces are held twice.
+    quant="int8": every Linear is quantized as its float weight is copied in (minillama.quant), so loading never
+    holds more than one fused weight in float; a tied model also gets a quantized copy of the embedding as head."""
     with torch.device("meta"):
         model = Transformer(config)
+    if quant is not None:
+        from .quant import quantize_linears_
+        quantize_linears_(model, quant)
     model = model.to_empty(device=device).to(dtype)
     model.rotary = Rotary(config, device)
     filled: set[str] = set()
@@ -295,6 +301,9 @@ def build_model(config: ModelConfig, tensors, *, dtype: torch.dtype, device: tor
             filled.add(f"{layer}.{fused}.{kind}")
             del pending[(layer, fused, kind)]
     _check_complete(model, filled, pending)
+    if quant is not None:
+        from .quant import quantize_tied_head_
+        quantize_tied_head_(model)
     return model.eval()
 
 
