@@ -73,8 +73,10 @@ def load_transformers(source: Path):
     import transformers
 
     if source.is_file():
-        model = transformers.AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name,
-                                                                  dtype=torch.float32)
+        # transformers' own GGUF loading needs accelerate; reuse the benchmark's float32 twin of the GGUF instead
+        from bench_vs_transformers import build_smollm2_folder
+        folder = build_smollm2_folder(Path("/tmp/minillama_quant_report") / source.stem, source)
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     else:
         model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     return model.eval()
