@@ -111,3 +111,16 @@ def test_summary_and_markdown():
     table = markdown_table(["name", "value"], [["a", "1.5"], ["bb", "10.25"]]).splitlines()
     assert table[0] == "| name | value |" and table[1] == "| ---- | ----: |" and table[3] == "| bb   | 10.25 |"
     assert bench_prompt(100, 6, 1, seed=3)[0] == 1 and len(bench_prompt(100, 6, None)) == 6
+
+
+def test_bench_int8_rows(stories_dir, tmp_path, capsys):
+    out = tmp_path / "int8.json"
+    assert main(["bench", "-m", str(stories_dir), "-p", "4", "-n", "2", "-r", "1", "--quant", "int8",
+                 "--variants", "none", "--streams", "", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "float32 int8" in table and "| tg limit: matmul-only " in table
+    report = json.loads(out.read_text())
+    assert report["quant"] == "int8" and report["params"] > 200_000     # packed weights still count as parameters
+    from minillama import Engine
+    engine = Engine.from_pretrained(stories_dir)
+    assert report["size_bytes"] < weight_bytes_per_token(engine.model, engine.config.vocab_size)  # int8 < float32

@@ -48,11 +48,17 @@ def _tied_head(model: nn.Module) -> torch.Tensor:
 
 
 def _module_bytes(module: nn.Module) -> int:
-    total = sum(t.numel() * t.element_size() for t in module.parameters(recurse=False))
-    total += sum(t.numel() * t.element_size() for t in module.buffers(recurse=False))
-    if total == 0 and hasattr(module, "nbytes"):              # packed weights held outside parameters
-        total = int(module.nbytes)
-    return total
+    """Weight bytes of one leaf module; a quantized layer (minillama.quant.QuantLinear) holds its packed weight
+    outside its parameters and reports the size itself through `nbytes()`."""
+    if callable(getattr(module, "nbytes", None)):
+        return int(module.nbytes())
+    return (sum(t.numel() * t.element_size() for t in module.parameters(recurse=False))
+            + sum(t.numel() * t.element_size() for t in module.buffers(recurse=False)))
+
+
+def model_weight_bytes(model: nn.Module) -> int:
+    """Bytes of all weights (embeddings and norms included), quantized layers at their packed size."""
+    return sum(_module_bytes(m) for m in model.modules() if next(m.children(), None) is None)
 
 
 def weight_bytes_per_token(model: nn.Module, vocab_size: int) -> int:

@@ -205,8 +205,14 @@ def peak_rss_bytes() -> int:
 
 
 def model_bytes(model: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    from .limits import model_weight_bytes
+    return model_weight_bytes(model)
 
 
 def model_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameter count; a quantized linear's packed weight counts as its in x out weights."""
+    total = sum(p.numel() for p in model.parameters())
+    for m in model.modules():
+        if callable(getattr(m, "nbytes", None)) and hasattr(m, "in_features"):
+            total += m.in_features * m.out_features
+    return total
