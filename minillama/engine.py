@@ -102,7 +102,6 @@ class _Run:
         self.finish_reason: str | None = None
         self.pending: ModelOutput | None = None
         self.pending_row = 0
-        self.drugged_tokens = 0
 
     @property
     def finished(self) -> bool:
@@ -218,7 +217,6 @@ class Engine:
                                   max_tokens=max_cache_tokens or max(4 * self.context_length, 1 << 16),
                                   initial_tokens=min(self.context_length, 1024), dtype=self.dtype, device=self.device)
         self._chat_seq: Sequence | None = None
-        self._chat_drugs = None
 
     # ---- loading ---------------------------------------------------------------------------------------------
     @classmethod
@@ -296,7 +294,6 @@ class Engine:
         stops = list(_as_stop_list(stop)) + [s for s in template.stop_strings if s]
         s = self._start(seq, ids, max_new_tokens=max_new_tokens, sampler=sampler, seed=seed, stop=stops, n=1,
                         drugs=drugs, records=records, keep_parent=True)
-        self._chat_drugs = drugs
         if stream:
             return s
         for _ in s:
