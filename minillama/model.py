@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .cache import PagedKVCache
 from .capture import CapturedAttention
 from .config import ModelConfig
-from .rope import Rotary
+from .rope import Rotary, apply_rope
 
 
 class RMSNorm(nn.Module):
@@ -99,13 +99,13 @@ class Attention(nn.Module):
         if noise is not None and noise.theta("H", layer):
             h = noise.apply("H", layer, h.unsqueeze(2), batch.positions).squeeze(2)
         qkv = self.wqkv(h)
-        # q and k heads side by side, so one RoPE covers both: x*cos + roll(x, d/2)*sin_signed is rotate-half RoPE
+        # q and k heads side by side, so one RoPE covers both
         qk = qkv[..., :self.q_size + self.kv_size].view(B, T, self.n_heads + self.n_kv, self.head_dim)
         v = qkv[..., self.q_size + self.kv_size:].view(B, T, self.n_kv, self.head_dim)
         if noise is not None and noise.theta("Q", layer):
             qk = torch.cat([noise.apply("Q", layer, qk[:, :, :self.n_heads], batch.positions),
                             qk[:, :, self.n_heads:]], dim=2)
-        qk = torch.addcmul(qk * cos, qk.roll(self.head_dim // 2, -1), sin)
+        qk = apply_rope(qk, cos, sin)
         q, k = qk[:, :, :self.n_heads], qk[:, :, self.n_heads:]
 
         kc, vc = batch.cache.k[layer], batch.cache.v[layer]           # [kv_heads, slots, d]

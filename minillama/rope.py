@@ -57,7 +57,7 @@ class Rotary:
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype, signed: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin of shape [*positions.shape, 1, head_dim] (the 1 broadcasts over heads). With `signed`, the first
-        half of sin is negated, so that x*cos + roll(x, d/2)*sin equals x*cos + rotate_half(x)*sin."""
+        half of sin is negated, as `apply_rope` needs."""
         if self._dynamic:
             self._maybe_stretch(int(positions.max()) + 1)
         freqs = positions.to(torch.float32).unsqueeze(-1) * self.inv_freq
@@ -73,14 +73,10 @@ class Rotary:
 
     def rotate(self, x: torch.Tensor, positions: torch.Tensor, inverse: bool = False) -> torch.Tensor:
         """Apply RoPE to x [..., T, heads, d] at positions [..., T]; `inverse` undoes it."""
-        cos, sin = self.cos_sin(positions, x.dtype)
-        return apply_rotary(x, cos, -sin if inverse else sin)
+        cos, sin = self.cos_sin(positions, x.dtype, signed=True)
+        return apply_rope(x, cos, -sin if inverse else sin)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    return x * cos + rotate_half(x) * sin
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE in three ops: roll(x, d/2) is [x2, x1], and the signed sin turns it into [-x2, x1]."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), signed_sin)
