@@ -346,7 +346,7 @@ class Engine:
             raise ContextOverflowError(f"the prompt has {len(ids)} tokens but the context holds "
                                        f"{self.context_length}; shorten it or raise --ctx-size")
         if drugs is not None:
-            drugs.plan(self.config.n_layers, [])   # validates the dose shape against this model now
+            drugs.layer_thetas(self.config.n_layers)   # checks the dose shape against this model before prefill
         seed = random.getrandbits(62) if seed is None else int(seed)
         stats = Stats()
         t0 = time.perf_counter()
@@ -495,10 +495,9 @@ class Engine:
             L = max(lengths)
             rows = [cache.read_slots(s, n) for s, n in zip(seqs, lengths)]
             batch.read_slots = torch.stack([torch.nn.functional.pad(r, (0, L - len(r))) for r in rows])
-            ar = torch.arange(L, device=device)
-            batch.valid = ar[None, :] < torch.tensor(lengths, device=device)[:, None]
-            if all(n == L for n in lengths):
-                batch.valid = None if len(seqs) == 1 else batch.valid
+            if any(n != L for n in lengths):      # padding to mask only when the contexts differ in length
+                ar = torch.arange(L, device=device)
+                batch.valid = ar[None, :] < torch.tensor(lengths, device=device)[:, None]
         tokens = torch.tensor(new_tokens, device=device)
         layers = capture.resolve(self.config.n_layers) if capture is not None else frozenset()
         out = self.model(tokens, batch, noise=noise, capture=layers, all_logits=all_logits)
