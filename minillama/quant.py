@@ -6,6 +6,14 @@ int8 packed once at load, each call quantizes the activations per tensor to uint
 int32. It measured fastest of the CPU int8/int4 kernels PyTorch and torchao offer on this machine, see
 docs/quant/KERNELS.md. Embeddings and norms stay float; a tied model gets a separate quantized head.
 
+One scale for a whole activation vector is what breaks real models: SmolLM2's hidden states carry a few channels
+tens of times larger than the rest, so 7-bit steps sized for them leave the others a handful of levels (perplexity
++163%). So every quantized Linear computes y = (W R^T)(R x) with a fixed orthogonal R (the QuaRot idea): R spreads an
+outlier's energy over its block of 64 channels before the activation is quantized, the weight absorbs R^T once at
+load, and the product is unchanged in exact arithmetic; R is a Hadamard matrix per block of 64, one small matmul
+per call. Inputs with several rows (prefill, batches) are scaled to a max of 1 per row first, so one token's
+outliers do not set the step for the others. Measured in docs/quant/RESULTS.md.
+
 Two ways in:
     quantize_linears_(meta_model, "int8")   before build_model fills the model: each nn.Linear becomes an unfilled
                                             QuantLinear whose `weight` slot quantizes the float weight as it is
@@ -55,6 +63,43 @@ def _select_int8_engine() -> str:
         f"{', '.join(_INT8_ENGINES)}); load without quant (float32 or dtype='bfloat16') instead")
 
 
+class Rotation:
+    """R = I ⊗ H: a Hadamard matrix H (Sylvester, orthonormal) on each block of up to 64 channels of the last
+    dimension. H is symmetric and its own inverse, so R is too. One small matmul per call: x viewed as [-1, 64] @ H.
+    (A full-width rotation, or a random orthogonal mix of the blocks on top, measured no better on SmolLM2 and
+    costs a second matmul per Linear.)"""
+
+    _cache: dict[int, "Rotation"] = {}
+
+    def __init__(self, n: int):
+        block = 1
+        while block < 64 and n % (2 * block) == 0:
+            block *= 2
+        self.block = block
+        self.hadamard = _hadamard(block)
+
+    @classmethod
+    def for_size(cls, n: int) -> "Rotation":
+        """One shared instance per width."""
+        if n not in cls._cache:
+            cls._cache[n] = cls(n)
+        return cls._cache[n]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """R x along the last dimension (applied to a weight's rows: W R^T, since R is symmetric)."""
+        return (x.reshape(-1, self.block) @ self.hadamard).reshape(x.shape)
+
+    inverse = __call__   # R R = I
+
+
+def _hadamard(n: int) -> torch.Tensor:
+    """Sylvester's n×n Hadamard matrix (n a power of two), scaled to be orthonormal."""
+    h = torch.ones(1, 1)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h / n ** 0.5
+
+
 def quantize_int8(weight: torch.Tensor, name: str = "weight") -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel int8: (q int8 [out, in], scale float32 [out]) with weight ≈ q * scale."""
     w = weight.detach().float()
@@ -83,7 +128,8 @@ class _WeightSlot:
 
 
 class QuantLinear(nn.Module):
-    """Drop-in for nn.Linear with int8 weights: y = x @ (q * scale)^T (+ bias). Any leading shape ([B, T, in]);
+    """Drop-in for nn.Linear with int8 weights: y = (R x) @ (q * scale)^T (+ bias), where q * scale ≈ W R^T.
+    Any leading shape ([B, T, in]);
     float32 activations go to the kernel as they are, bfloat16/float16 ones are computed in float32 and cast back.
     The bias (Qwen2's q/k/v) stays a float parameter, added after the matmul so it can arrive before or after
     the weight while loading."""
@@ -93,7 +139,8 @@ class QuantLinear(nn.Module):
         self.in_features, self.out_features, self.name = in_features, out_features, name
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self.weight = _WeightSlot(self)
-        self._packed = None                       # FBGEMM's packed int8 weight (opaque, not a tensor)
+        self.rotation = Rotation.for_size(in_features)
+        self._packed = None                       # FBGEMM's packed int8 weight of W R^T (opaque, not a tensor)
         self.scale: torch.Tensor | None = None    # [out] float32, kept for dequantize() and reporting
 
     @property
@@ -106,7 +153,7 @@ class QuantLinear(nn.Module):
                                     f" got {tuple(weight.shape)}")
         if weight.device.type != "cpu":
             raise QuantizationError(f"{self.name}: int8 weights live on the CPU; got a weight on {weight.device}")
-        q, scale = quantize_int8(weight, self.name)
+        q, scale = quantize_int8(self.rotation(weight.float()), self.name)
         with warnings.catch_warnings():
             # PyTorch marks quantized tensor creation deprecated (issue 184982); it is still the only way to hand
             # FBGEMM a per-channel int8 weight, and the kernel itself is not deprecated. Re-check on upgrades.
@@ -126,16 +173,23 @@ class QuantLinear(nn.Module):
         return module
 
     def dequantize(self) -> torch.Tensor:
-        """The float32 weight the int8 one stands for (q * scale), for checks and analysis; not used to compute."""
+        """The float32 weight the int8 one stands for ((q * scale) R), for checks and analysis; not used to compute."""
         q, _ = torch.ops.quantized.linear_unpack(self._packed)
-        return q.dequantize().float()
+        return self.rotation.inverse(q.dequantize().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed is None:
             raise QuantizationError(f"{self.name}: this quantized Linear was never given its weight")
-        xf = x if x.dtype == torch.float32 else x.float()
+        xf = self.rotation(x if x.dtype == torch.float32 else x.float())
+        rows = xf.numel() // self.in_features
+        # several rows: scale each to max 1 so the kernel's one per-tensor step fits every row, not the largest
+        row_max = xf.abs().amax(-1, keepdim=True).clamp_min_(1e-12) if rows > 1 else None
+        if row_max is not None:
+            xf = xf / row_max
         # reduce_range: 7-bit activations, so AVX2's int16 pairwise accumulation (vpmaddubsw) cannot saturate
         y = torch.ops.quantized.linear_dynamic(xf, self._packed, True)
+        if row_max is not None:
+            y = y * row_max
         if self.bias is not None:
             y = y + self.bias.float()
         return y if x.dtype == torch.float32 else y.to(x.dtype)

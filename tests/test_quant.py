@@ -15,7 +15,7 @@ import torch.nn as nn
 from minillama import Drugs, Engine
 from minillama.loading import load_checkpoint
 from minillama.model import build_model
-from minillama.quant import (QUANT_SCHEMES, QuantizationError, QuantLinear, check_quant, float_nbytes,
+from minillama.quant import (QUANT_SCHEMES, QuantizationError, QuantLinear, Rotation, check_quant, float_nbytes,
                              quantize_model_, quantized_nbytes)
 
 PROMPT = "Once upon a time"
@@ -55,9 +55,41 @@ def test_quant_linear_matches_float_linear(in_f, out_f, bias, shape):
     y, yq = linear(x), q(x)
     assert yq.shape == y.shape and yq.dtype == torch.float32
     assert relative_error(yq, y) < LINEAR_REL_TOL
-    # the weight it holds is the per-channel int8 rounding of the float one: off by at most half a step
-    step = linear.weight.abs().amax(1, keepdim=True) / 127
-    assert ((q.dequantize() - linear.weight).abs() <= step / 2 + 1e-7).all()
+    # the weight it holds is the per-channel int8 rounding of the rotated float one W R^T: off by half a step there
+    rotated = q.rotation(linear.weight)
+    step = rotated.abs().amax(1, keepdim=True) / 127
+    assert ((q.rotation(q.dequantize()) - rotated).abs() <= step / 2 + 1e-6).all()
+    assert relative_error(q.dequantize(), linear.weight) < 0.01
+
+
+@pytest.mark.parametrize("n", [64, 576, 1536, 2048, 96, 100])
+def test_rotation_is_orthogonal_and_spreads_an_outlier(n):
+    rotation = Rotation.for_size(n)
+    x = torch.randn(3, n, dtype=torch.float32)
+    assert torch.allclose(rotation.inverse(rotation(x)), x, atol=1e-5)
+    assert torch.allclose(rotation(x).norm(dim=-1), x.norm(dim=-1), rtol=1e-5)
+    spike = torch.zeros(n)
+    spike[n // 3] = 1.0
+    # one channel's energy ends spread evenly over its block of 64 (or the largest power of two dividing n)
+    spread = rotation(spike).abs()
+    assert torch.allclose(spread[spread > 0], torch.full_like(spread[spread > 0], rotation.block ** -0.5))
+    assert (spread > 0).sum() == rotation.block == (64 if n % 64 == 0 else 32 if n == 96 else 4)
+
+
+def test_outlier_channels_survive_activation_quantization():
+    """The SmolLM2 failure mode: a few channels ~50x the rest. Per-tensor 7-bit steps sized for them would round
+    the others away; rotated first, a token's error stays near a random Linear's."""
+    torch.manual_seed(0)
+    linear = nn.Linear(576, 256, bias=False).requires_grad_(False)
+    nn.init.normal_(linear.weight, std=0.05)
+    x = torch.randn(2, 9, 576)
+    x[..., [7, 300]] *= 50.0                 # outlier channels, in every token
+    x[0, 0] *= 20.0                          # and one token (think BOS) far larger than the others
+    q = QuantLinear.from_float(linear.weight)
+    small = linear.weight[:, [i for i in range(576) if i not in (7, 300)]]
+    # the error compared with what the ordinary channels contribute, the part outliers used to drown
+    ordinary = x[..., [i for i in range(576) if i not in (7, 300)]] @ small.T
+    assert ((q(x) - linear(x)).norm() / ordinary.norm()).item() < 0.1
 
 
 def test_quant_linear_keeps_half_precision_activations():
