@@ -204,8 +204,8 @@ class Engine:
         self.model = model
         self.config: ModelConfig = model.config
         self.tokenizer = tokenizer
-        self.device = model.embed.weight.device
-        self.dtype = model.embed.weight.dtype
+        self.device = model.norm.weight.device   # the norms: always float parameters, even with int8 weights
+        self.dtype = model.norm.weight.dtype
         self.source = source
         self.context_length = context_length or self.config.max_seq_len
         if self.context_length < 8:

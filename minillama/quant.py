@@ -4,7 +4,9 @@ Decode on a CPU reads every weight once per token, so its speed is bounded by we
 of float32. The matmul is PyTorch's FBGEMM dynamic-quantization kernel (`quantized::linear_dynamic`): weights are
 int8 packed once at load, each call quantizes the activations per tensor to uint8 on the fly and accumulates in
 int32. It measured fastest of the CPU int8/int4 kernels PyTorch and torchao offer on this machine, see
-docs/quant/KERNELS.md. Embeddings and norms stay float; a tied model gets a separate quantized head.
+docs/quant/KERNELS.md. Norms stay float. The embedding is int8 too, one scale per row, dequantized only for the
+rows a step looks up: it is a fifth of a small model's weights (SmolLM2, Llama 3.2 1B), so a float one alone would
+keep the model above a third of its float32 size. A tied model's head is a separate FBGEMM copy of the same matrix.
 
 One scale for a whole activation vector is what breaks real models: SmolLM2's hidden states carry a few channels
 tens of times larger than the rest, so 7-bit steps sized for them leave the others a handful of levels (perplexity
@@ -18,7 +20,8 @@ Two ways in:
     quantize_linears_(meta_model, "int8")   before build_model fills the model: each nn.Linear becomes an unfilled
                                             QuantLinear whose `weight` slot quantizes the float weight as it is
                                             copied in, so no float copy of the whole model ever exists;
-    quantize_tied_head_(model)              after filling: the quantized head of a tied model;
+    quantize_tied_head_(model)              after filling: the quantized head of a tied model (quantized from the
+                                            float embedding as it streamed past);
     quantize_model_(model, "int8")          an already built float model, in place (tests, tools).
 """
 from __future__ import annotations
@@ -111,12 +114,12 @@ def quantize_int8(weight: torch.Tensor, name: str = "weight") -> tuple[torch.Ten
 
 
 class _WeightSlot:
-    """What `QuantLinear.weight` is until filled: build_model checks its `.shape` and `.copy_`s the float weight
-    into it; the copy quantizes into the owning QuantLinear and keeps nothing float."""
+    """What `.weight` of a QuantLinear or QuantEmbedding is: build_model checks its `.shape` and `.copy_`s the float
+    weight into it; the copy quantizes into the owning module and keeps nothing float."""
 
-    def __init__(self, owner: "QuantLinear"):
+    def __init__(self, owner: "QuantLinear | QuantEmbedding", shape: tuple[int, int]):
         self._owner = owner
-        self.shape = torch.Size((owner.out_features, owner.in_features))
+        self.shape = torch.Size(shape)
 
     def copy_(self, weight: torch.Tensor) -> "_WeightSlot":
         self._owner.load_weight(weight)
@@ -138,7 +141,7 @@ class QuantLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.name = in_features, out_features, name
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
-        self.weight = _WeightSlot(self)
+        self.weight = _WeightSlot(self, (out_features, in_features))
         self.rotation = Rotation.for_size(in_features)
         self._packed = None                       # FBGEMM's packed int8 weight of W R^T (opaque, not a tensor)
         self.scale: torch.Tensor | None = None    # [out] float32, kept for dequantize() and reporting
@@ -203,6 +206,61 @@ class QuantLinear(nn.Module):
             0 if self.bias is None else self.bias.numel() * self.bias.element_size())
 
 
+class QuantEmbedding(nn.Module):
+    """Drop-in for nn.Embedding with int8 rows and one float32 scale per row (no rotation: a lookup reads rows, it
+    does not quantize activations). The output has the model's dtype, followed through `model.to(dtype)`.
+    With `ties_head`, the float weight that streams in also becomes `tied_head`, the quantized LM head."""
+
+    def __init__(self, num_embeddings: int, dim: int, ties_head: bool = False):
+        super().__init__()
+        self.num_embeddings, self.dim, self.ties_head = num_embeddings, dim, ties_head
+        self.weight = _WeightSlot(self, (num_embeddings, dim))
+        self.q: torch.Tensor | None = None        # [vocab, dim] int8
+        self.scale: torch.Tensor | None = None    # [vocab] float32
+        self.tied_head: QuantLinear | None = None
+        self.out_dtype = torch.float32
+
+    @property
+    def filled(self) -> bool:
+        return self.q is not None
+
+    def load_weight(self, weight: torch.Tensor) -> None:
+        if tuple(weight.shape) != tuple(self.weight.shape):
+            raise QuantizationError(f"embedding: expected a weight of shape {tuple(self.weight.shape)}, got "
+                                    f"{tuple(weight.shape)}")
+        self.q, self.scale = quantize_int8(weight, "embedding")
+        if self.ties_head:
+            self.tied_head = QuantLinear.from_float(weight, name="lm_head (tied to the embedding)")
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, ties_head: bool = False) -> "QuantEmbedding":
+        module = cls(*weight.shape, ties_head=ties_head)
+        module.load_weight(weight)
+        module.out_dtype = weight.dtype
+        return module
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.q is None:
+            raise QuantizationError("embedding: this quantized embedding was never given its weight")
+        return (self.q[tokens].float() * self.scale[tokens].unsqueeze(-1)).to(self.out_dtype)
+
+    def _apply(self, fn, recurse=True):
+        # q and scale are plain attributes (so .to(bfloat16) cannot round the scales); track the dtype and device
+        # that .to()/.to_empty() ask for on a probe, and keep the int8 rows on the CPU, where they must live
+        self.out_dtype = fn(torch.empty(0, dtype=self.out_dtype)).dtype
+        return super()._apply(fn, recurse)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 matrix the int8 rows stand for, for checks and analysis."""
+        return self.q.float() * self.scale[:, None]
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.dim}, int8"
+
+    def nbytes(self) -> int:
+        return self.num_embeddings * self.dim + 4 * self.num_embeddings
+
+
 def _linear_modules(model: nn.Module):
     for module_name, module in model.named_modules():
         for child_name, child in module.named_children():
@@ -217,32 +275,34 @@ def quantize_linears_(model: nn.Module, quant: str) -> nn.Module:
     for parent, child_name, child, full_name in list(_linear_modules(model)):
         setattr(parent, child_name, QuantLinear(child.in_features, child.out_features, child.bias is not None,
                                                 full_name))
+    model.embed = QuantEmbedding(*model.embed.weight.shape, ties_head=model.lm_head is None)
     return model
 
 
 def quantize_tied_head_(model: nn.Module) -> nn.Module:
-    """A tied model computes logits with the float embedding matrix; give it a quantized copy as `lm_head` so the
-    largest matmul of decode reads int8 too (the embedding lookup stays float)."""
+    """A tied model computes logits with its embedding matrix; give it the quantized copy its QuantEmbedding made
+    while loading as `lm_head`, so the largest matmul of decode reads int8 too."""
     if getattr(model, "lm_head", None) is None:
-        model.lm_head = QuantLinear.from_float(model.embed.weight, name="lm_head (tied to the embedding)")
+        model.lm_head, model.embed.tied_head = model.embed.tied_head, None   # handed over, not held twice
     return model
 
 
 @torch.no_grad()
 def quantize_model_(model: nn.Module, quant: str) -> nn.Module:
-    """Quantize an already built float model in place: every nn.Linear, and a tied LM head. Returns the model."""
+    """Quantize an already built float model in place: every nn.Linear, the embedding, and a tied LM head."""
     check_quant(quant)
     for parent, child_name, child, full_name in list(_linear_modules(model)):
         setattr(parent, child_name, QuantLinear.from_float(child.weight, child.bias, full_name))
+    model.embed = QuantEmbedding.from_float(model.embed.weight, ties_head=model.lm_head is None)
     return quantize_tied_head_(model)
 
 
 def float_nbytes(model: nn.Module) -> int:
-    """Bytes of the float parameters and buffers the model holds (embedding, norms, biases once quantized)."""
+    """Bytes of the float parameters and buffers the model holds (norms and biases once quantized)."""
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())
                if t.is_floating_point())
 
 
 def quantized_nbytes(model: nn.Module) -> int:
     """Bytes of the int8 weights (with their scales) the model holds."""
-    return sum(m.nbytes() for m in model.modules() if isinstance(m, QuantLinear))
+    return sum(m.nbytes() for m in model.modules() if isinstance(m, (QuantLinear, QuantEmbedding)))
