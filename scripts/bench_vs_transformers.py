@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """minillama vs transformers on the same weights, the same machine and the same thread count, in one run.
 
-    python scripts/bench_vs_transformers.py                      # SmolLM2-135M and a Llama-3.2-1B shape, f32 + bf16
+    python scripts/bench_vs_transformers.py                      # SmolLM2-135M and a Llama-3.2-1B shape,
+                                                                 # float32, bfloat16 and int8
     python scripts/bench_vs_transformers.py --quick              # fewer, shorter runs
     python scripts/bench_vs_transformers.py --shapes smollm2 --dtypes float32 --runs 7 -p 256 -n 64
 
@@ -23,6 +24,10 @@ weight bytes one token reads. Load time and peak memory come from fresh subproce
 alternating) that load the folder in the dtype and generate a few tokens: peak RSS is VmHWM (/proc), shown
 minus the RSS of the same process after `import torch, transformers, minillama` (what the model itself costs).
 Figures are medians ± half the range over the rounds.
+
+"int8" in --dtypes is minillama with int8 weights (quant="int8", float32 activations) against transformers in
+float32, the comparison a user choosing between them makes; its matmul-only limit replays minillama's quantized
+Linears (their Hadamard rotation included) and its bandwidth ceiling counts int8 bytes.
 """
 from __future__ import annotations
 
@@ -48,6 +53,12 @@ from minillama.bench import (IdsOnlyTokenizer, RunTiming, Summary, bench_prompt,
                              matmul_only_seconds, peak_rss_bytes, read_bandwidth, time_generation, weight_bytes_per_token)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+INT8 = "int8"   # minillama quant="int8" (float32 activations) vs transformers float32
+
+
+def engine_dtypes(dtype_name: str) -> tuple[torch.dtype, str | None]:
+    """(float dtype both engines compute in, minillama's quant) for a --dtypes entry."""
+    return (torch.float32, "int8") if dtype_name == INT8 else (DTYPES[dtype_name], None)
 
 
 @dataclass(frozen=True)
@@ -154,12 +165,12 @@ def find_gguf(explicit: str | None) -> Path | None:
 
 
 # ---- the two engines ----------------------------------------------------------------------------------------------
-def load_minillama(folder: Path, dtype: torch.dtype):
+def load_minillama(folder: Path, dtype: torch.dtype, quant: str | None = None):
     from minillama import Engine
     from minillama.loading import load_checkpoint
     from minillama.model import build_model
     ckpt = load_checkpoint(folder, dtype=dtype, with_tokenizer=False)
-    model = build_model(ckpt.config, ckpt.tensors, dtype=dtype, device=torch.device("cpu"))
+    model = build_model(ckpt.config, ckpt.tensors, dtype=dtype, device=torch.device("cpu"), quant=quant)
     return Engine(model, IdsOnlyTokenizer(ckpt.config.vocab_size), source=str(folder))
 
 
@@ -209,13 +220,14 @@ def time_minillama(engine, prompt: list[int], new_tokens: int) -> tuple[RunTimin
 
 
 # ---- load time and peak memory, in fresh processes ----------------------------------------------------------------
-def probe_load(engine: str, folder: Path, dtype: torch.dtype) -> dict:
+def probe_load(engine: str, folder: Path, dtype_name: str) -> dict:
     """Runs in a subprocess: load the folder, generate 4 tokens, report load seconds and RSS figures."""
     import transformers  # noqa: F401  both libraries imported in both probes, so the baselines match
     import minillama  # noqa: F401
+    dtype, quant = engine_dtypes(dtype_name)
     before = peak_rss_bytes()
     t0 = time.perf_counter()
-    model = load_minillama(folder, dtype) if engine == "minillama" else load_transformers(folder, dtype)
+    model = load_minillama(folder, dtype, quant) if engine == "minillama" else load_transformers(folder, dtype)
     load_s = time.perf_counter() - t0
     prompt = list(range(1, 9))
     if engine == "minillama":
@@ -235,9 +247,9 @@ def load_in_subprocess(engine: str, folder: Path, dtype: str, threads: int) -> d
 
 # ---- one shape in one dtype ---------------------------------------------------------------------------------------
 def compare(folder: Path, shape_name: str, dtype_name: str, args, log) -> dict:
-    dtype = DTYPES[dtype_name]
+    dtype, quant = engine_dtypes(dtype_name)
     log(f"{shape_name} {dtype_name}: loading both engines")
-    engine = load_minillama(folder, dtype)
+    engine = load_minillama(folder, dtype, quant)
     reference = load_transformers(folder, dtype)
     vocab = engine.config.vocab_size
     # warm-up both (first-call allocations, oneDNN kernel selection), and compare greedy tokens
@@ -305,7 +317,8 @@ def result_table(res: dict, bandwidth: float) -> str:
         ["bandwidth ceiling t/s", f"{ceiling:.2f}", "", ""],
         ["  fraction reached", f"{100 * ours / ceiling:.0f}%", f"{100 * theirs / ceiling:.0f}%", ""],
     ]
-    head = (f"### {res['shape']} {res['dtype']}  (weights {res['model_bytes'] / 2**20:.0f} MiB, read per token "
+    against = " (transformers in float32)" if res["dtype"] == INT8 else ""
+    head = (f"### {res['shape']} {res['dtype']}{against}  (weights {res['model_bytes'] / 2**20:.0f} MiB, read per token "
             f"{res['weight_bytes_per_token'] / 2**20:.0f} MiB; same greedy tokens in the warm-up: "
             f"{res['same_greedy_tokens']})\n\n")
     return head + markdown_table(["", "minillama", "transformers", "ratio (>1: minillama better)"], rows)
@@ -331,7 +344,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default="smollm2,llama1b",
                         help=f"comma-separated, from {', '.join(SHAPES)} (default: smollm2,llama1b)")
-    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated (default: float32,bfloat16)")
+    parser.add_argument("--dtypes", default="float32,bfloat16,int8",
+                        help="comma-separated, from float32, bfloat16, float16, int8 (minillama int8 weights vs "
+                             "transformers float32); default: float32,bfloat16,int8")
     parser.add_argument("-p", "--n-prompt", type=int, default=None, help="prompt tokens (default 256; quick 64)")
     parser.add_argument("-n", "--n-gen", type=int, default=None, help="new tokens (default 64; quick 16)")
     parser.add_argument("--runs", type=int, default=None, help="timed rounds per engine (default 5; quick 3)")
@@ -355,8 +370,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if s not in SHAPES:
             parser.error(f"--shapes: unknown shape {s!r}; choose from {', '.join(SHAPES)}")
     for d in args.dtypes:
-        if d not in DTYPES:
-            parser.error(f"--dtypes: unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
+        if d not in DTYPES and d != INT8:
+            parser.error(f"--dtypes: unknown dtype {d!r}; choose from {', '.join([*DTYPES, INT8])}")
     if args.n_gen < 2 or args.n_prompt < 1 or args.runs < 1 or args.load_runs < 0 or args.threads < 1:
         parser.error("-n must be >= 2, --load-runs >= 0 and -p, --runs, --threads >= 1")
     return args
@@ -367,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.probe_load:
         engine, folder, dtype = args.probe_load
-        print(json.dumps(probe_load(engine, Path(folder), DTYPES[dtype])))
+        print(json.dumps(probe_load(engine, Path(folder), dtype)))
         return 0
 
     def log(message: str) -> None:

@@ -27,7 +27,7 @@ def script():
 
 def test_defaults_and_quick(script):
     args = script.parse_args([])
-    assert (args.shapes, args.dtypes) == (["smollm2", "llama1b"], ["float32", "bfloat16"])
+    assert (args.shapes, args.dtypes) == (["smollm2", "llama1b"], ["float32", "bfloat16", "int8"])
     assert (args.n_prompt, args.n_gen, args.runs, args.load_runs) == (256, 64, 5, 2)
     quick = script.parse_args(["--quick", "--shapes", "tiny", "--dtypes", "bfloat16", "-n", "5"])
     assert (quick.shapes, quick.dtypes, quick.n_prompt, quick.n_gen, quick.runs) == (["tiny"], ["bfloat16"], 64, 5, 3)
@@ -73,5 +73,17 @@ def test_tiny_shape_end_to_end(script, tmp_path, capsys):
 def test_load_probe_in_process(script, tmp_path):
     folder = script.build_random_folder(tmp_path / "tiny", script.RANDOM_SHAPES["tiny"])
     for engine in ("minillama", "transformers"):
-        probe = script.probe_load(engine, folder, torch.float32)
+        probe = script.probe_load(engine, folder, "float32")
         assert probe["load_s"] > 0 and probe["peak_rss"] >= probe["baseline_rss"] > 0
+
+
+def test_int8_rows_compare_against_transformers_float32(script, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    assert script.main(["--shapes", "tiny", "--dtypes", "int8", "-p", "8", "-n", "3", "--runs", "1",
+                        "--load-runs", "1", "--threads", "1", "--workdir", str(tmp_path), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "### tiny int8 (transformers in float32)" in printed
+    (res,) = json.loads(out.read_text())["results"]
+    float32_bytes = 4 * sum(torch.Size(s).numel() for s in script._hf_names(script.RANDOM_SHAPES["tiny"]).values())
+    assert res["model_bytes"] < 0.35 * float32_bytes          # int8 weights, counted at their packed size
+    assert res["load_s"]["minillama"]["median"] > 0 and res["peak_rss_mib"]["transformers"]["n"] == 1
