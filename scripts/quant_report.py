@@ -9,7 +9,6 @@ The machine may be shared: the three engines are timed in turn, `--rounds` times
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import statistics
 import sys
@@ -22,22 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))   # run from a checkout without installing
 
 from minillama import Engine
-from minillama.model import build_model
-from minillama.quant import float_nbytes, quantize_model_, quantized_nbytes
+from minillama.quant import float_nbytes, quantized_nbytes
 
 PASSAGE = REPO / "docs/quant/passage.txt"
 DECODE_TOKENS = 128
 PREFILL_TOKENS = 64
 GREEDY_TOKENS = 256
-
-
-def load_int8(source: Path) -> Engine:
-    """Straight into int8 when build_model streams (the integration patch), else float then quantized in place."""
-    if "quant" in inspect.signature(build_model).parameters:
-        return Engine.from_pretrained(source, quant="int8")
-    engine = Engine.from_pretrained(source)
-    quantize_model_(engine.model, "int8")
-    return engine
 
 
 def perplexity(logits: torch.Tensor, ids: list[int]) -> float:
@@ -84,7 +73,7 @@ def load_transformers(source: Path):
 
 @torch.inference_mode()
 def report(name: str, source: Path, rounds: int, with_transformers: bool) -> list[str]:
-    f32, int8 = Engine.from_pretrained(source), load_int8(source)
+    f32, int8 = Engine.from_pretrained(source), Engine.from_pretrained(source, quant="int8")
     text = PASSAGE.read_text()
     ids = f32.tokenizer.encode(text, bos=True)[:f32.config.max_seq_len]
     lf, lq = f32.logits(ids), int8.logits(ids)

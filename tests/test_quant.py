@@ -4,7 +4,6 @@ and the errors."""
 from __future__ import annotations
 
 import gc
-import inspect
 import types
 import weakref
 
@@ -171,12 +170,7 @@ def test_nan_weight_is_refused_naming_it():
         QuantLinear.from_float(w, name="layers.0.mlp.w_down")
 
 
-# ---- loading straight into int8 (needs build_model(..., quant=...), docs/quant/integration.patch) ----------------
-needs_hook = pytest.mark.skipif("quant" not in inspect.signature(build_model).parameters,
-                                reason="build_model has no quant= yet (apply docs/quant/integration.patch)")
-
-
-@needs_hook
+# ---- loading straight into int8 --------------------------------------------------------------------------------
 @pytest.mark.parametrize("qtype,tie", [("Q8_0", False), ("Q4_0", True)])
 def test_gguf_loads_into_int8_without_a_float_copy(tmp_path, qtype, tie):
     from modelfactory import make_gguf_model
@@ -211,7 +205,6 @@ def test_gguf_loads_into_int8_without_a_float_copy(tmp_path, qtype, tie):
     assert relative_error(quantized.logits(ids), reference.logits(ids)) < 0.05
 
 
-@needs_hook
 def test_engine_from_pretrained_int8_matches_post_hoc_quantization(stories_dir, int8_engine):
     engine = Engine.from_pretrained(stories_dir, quant="int8", block_size=8)
     ids = engine.tokenizer.encode(PROMPT, bos=True)
