@@ -167,11 +167,90 @@ def test_gguf_loading_is_lazy_too(tmp_path, monkeypatch):
         del tensor
 
 
-def test_safetensors_are_memory_mapped_not_read_whole(models):
-    """Opening a folder parses headers only: its handles are safetensors' mmap-backed safe_open objects."""
-    weights = open_weights(models["mistral_sharded"])
+def test_safetensors_tensor_maps_go_with_their_tensors(tmp_path, models):
+    """Each tensor read is a copy-on-write map of its own bytes, unmapped when the tensor is freed: mapped pages that
+    have been read count in RSS while their map lives, and whole-file maps made loading peak at the file's size on
+    top of the model's."""
+    import gc
+
+    folder = tmp_path / "private"                   # a copy no other test (or safetensors' own reader) has opened
+    shutil.copytree(models["mistral_sharded"], folder)
+    weights = open_weights(folder)
     assert isinstance(weights, SafetensorsFolder)
-    assert all(type(h).__name__ == "safe_open" for h in weights._handles.values())
+
+    def mapped_files() -> list[str]:
+        maps = Path("/proc/self/maps").read_text()
+        return [f.name for f in folder.glob("*.safetensors") if str(f) in maps]
+
+    tensors = {name: weights.read(name) for name in weights.shapes}
+    stored = hf_state_dict(models["mistral_sharded"])
+    for name, tensor in tensors.items():
+        assert torch.equal(tensor, stored[name]), name
+    norm = tensors["model.norm.weight"].add_(1)     # writable, and the file keeps what it had
+    assert torch.equal(weights.read("model.norm.weight"), stored["model.norm.weight"])
+    assert not torch.equal(norm, stored["model.norm.weight"])
+    if Path("/proc/self/maps").is_file():
+        assert mapped_files()
+        del tensors, tensor, norm
+        gc.collect()
+        assert mapped_files() == []
+
+
+def test_safetensors_reads_every_float_dtype_and_odd_shapes(tmp_path, models):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "dtypes"
+    shutil.copytree(models["llama"], folder)
+    tensors = hf_state_dict(folder)
+    extras = {"extra.bf16": torch.randn(3, 5).bfloat16(), "extra.f16": torch.randn(7).half(),
+              "extra.f64": torch.randn(2, 2, 2, dtype=torch.float64), "extra.scalar": torch.tensor(3.5),
+              "extra.empty": torch.empty(0, 4)}
+    save_file({**tensors, **extras}, folder / "model.safetensors", metadata={"format": "pt"})
+    weights = open_weights(folder)
+    for name, tensor in extras.items():
+        got = weights.read(name)
+        assert got.dtype == tensor.dtype and got.shape == tensor.shape and torch.equal(got, tensor), name
+    assert torch.equal(weights.read("model.embed_tokens.weight"), tensors["model.embed_tokens.weight"])
+
+
+def test_integer_safetensors_weight_is_named_with_its_dtype(tmp_path, models):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "int8"
+    shutil.copytree(models["llama"], folder)
+    tensors = hf_state_dict(folder)
+    tensors["model.layers.0.mlp.up_proj.weight"] = tensors["model.layers.0.mlp.up_proj.weight"].to(torch.int8)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=r"model\.layers\.0\.mlp\.up_proj\.weight is stored as I8") as err:
+        list(load(folder).tensors)
+    assert str(folder / "model.safetensors") in str(err.value)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda data: data[:5], "too short for a header"),
+    (lambda data: (10**9).to_bytes(8, "little") + data[8:], "header claims"),
+    (lambda data: data[:8] + b"{not json" + data[17:], "not JSON"),
+    (lambda data: data.replace(b'"data_offsets":[0,', b'"data_offsets":[9,', 1), "bytes for shape"),
+])
+def test_corrupt_safetensors_header_names_the_file_and_the_fault(tmp_path, models, damage, reason):
+    folder = tmp_path / "corrupt"
+    shutil.copytree(models["llama"], folder)
+    file = folder / "model.safetensors"
+    file.write_bytes(damage(file.read_bytes()))
+    with pytest.raises(ModelLoadError, match="truncated or corrupt") as err:
+        load(folder)
+    assert str(file) in str(err.value) and reason in str(err.value)
+
+
+def test_file_shrunk_after_opening_names_the_tensor(tmp_path, models):
+    folder = tmp_path / "shrunk"
+    shutil.copytree(models["llama"], folder)
+    ckpt = load(folder)
+    file = folder / "model.safetensors"
+    file.write_bytes(file.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match="tensor model.embed_tokens.weight is unreadable") as err:
+        list(ckpt.tensors)
+    assert str(file) in str(err.value)
 
 
 # ---- GGUF ----------------------------------------------------------------------------------------------------------
