@@ -99,7 +99,8 @@ class SafetensorsFolder:
 
     def read(self, name: str) -> torch.Tensor:
         """One tensor, on the CPU, in the dtype it is stored in: a private copy-on-write map of its bytes in the file
-        (writing to it never changes the file), unmapped when the tensor is freed."""
+        (writing to it never changes the file), unmapped when the tensor is freed. Python's mmap holds a duplicate
+        file descriptor per map, so a caller that keeps every tensor of a model holds one per tensor."""
         entry = self._entries[name]
         if entry.dtype not in DTYPES:
             raise ModelLoadError(f"{entry.file}: tensor {name} is stored as {entry.dtype}; minillama reads "
