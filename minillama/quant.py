@@ -103,13 +103,28 @@ def _hadamard(n: int) -> torch.Tensor:
     return h / n ** 0.5
 
 
-def quantize_int8(weight: torch.Tensor, name: str = "weight") -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8: (q int8 [out, in], scale float32 [out]) with weight ≈ q * scale."""
-    w = weight.detach().float()
-    if not torch.isfinite(w).all():
-        raise QuantizationError(f"{name}: the weight holds NaN or infinite values and cannot be quantized")
-    scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+# Float temporaries of at most ~32 MiB however large the matrix (a 128k-row head is 1 GiB in float32). Much smaller
+# chunks measured slower: each fresh temporary is mapped and page-faulted anew.
+_CHUNK_BYTES = 32 << 20
+
+
+def quantize_int8(weight: torch.Tensor, name: str = "weight",
+                  rotation: "Rotation | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8 of weight (rotated first when given: W R^T): (q int8 [out, in],
+    scale float32 [out]) with weight ≈ q * scale. Works through the rows in chunks, so loading never holds a float
+    copy of a whole matrix next to the one being read."""
+    q = torch.empty(weight.shape, dtype=torch.int8)
+    scale = torch.empty(weight.shape[0], dtype=torch.float32)
+    chunk = max(1, _CHUNK_BYTES // (4 * weight.shape[1]))
+    for start in range(0, weight.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        w = weight[rows].detach().float()
+        if not torch.isfinite(w).all():
+            raise QuantizationError(f"{name}: the weight holds NaN or infinite values and cannot be quantized")
+        if rotation is not None:
+            w = rotation(w)
+        scale[rows] = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+        q[rows] = (w / scale[rows, None]).round_().clamp_(-127, 127)   # w may be the caller's own tensor
     return q, scale
 
 
@@ -156,7 +171,7 @@ class QuantLinear(nn.Module):
                                     f" got {tuple(weight.shape)}")
         if weight.device.type != "cpu":
             raise QuantizationError(f"{self.name}: int8 weights live on the CPU; got a weight on {weight.device}")
-        q, scale = quantize_int8(self.rotation(weight.float()), self.name)
+        q, scale = quantize_int8(weight, self.name, self.rotation)
         with warnings.catch_warnings():
             # PyTorch marks quantized tensor creation deprecated (issue 184982); it is still the only way to hand
             # FBGEMM a per-channel int8 weight, and the kernel itself is not deprecated. Re-check on upgrades.

@@ -211,3 +211,15 @@ def test_engine_from_pretrained_int8_matches_post_hoc_quantization(stories_dir, 
     assert torch.equal(engine.logits(ids), int8_engine.logits(ids))
     with pytest.raises(QuantizationError, match="known: int8"):
         Engine.from_pretrained(stories_dir, quant="q4")
+
+
+def test_quantize_in_chunks_equals_whole_and_leaves_the_input_alone(monkeypatch):
+    import minillama.quant as quant
+
+    weight = torch.randn(10, 64)
+    kept = weight.clone()
+    whole = quant.quantize_int8(weight, rotation=Rotation.for_size(64))
+    monkeypatch.setattr(quant, "_CHUNK_BYTES", 3 * 4 * 64)    # three rows at a time
+    chunked = quant.quantize_int8(weight, rotation=Rotation.for_size(64))
+    assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])
+    assert torch.equal(weight, kept)
