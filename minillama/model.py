@@ -223,7 +223,9 @@ class Transformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.dim)
+        # an empty _weight skips nn.Embedding's random init: build_model loads every weight anyway, and normal_ on
+        # the meta device imports torch._dynamo (2 s and 70 MiB of a load)
+        self.embed = nn.Embedding(config.vocab_size, config.dim, _weight=torch.empty(config.vocab_size, config.dim))
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
@@ -265,7 +267,8 @@ _FUSED = {"q_proj": ("wqkv", 0), "k_proj": ("wqkv", 1), "v_proj": ("wqkv", 2),
 def build_model(config: ModelConfig, tensors, *, dtype: torch.dtype, device: torch.device,
                 quant: str | None = None) -> Transformer:
     """Create the model without initialising it, then fill it from (hf_name, tensor) pairs as they stream in.
-    q/k/v and gate/up are fused on the fly, so at most one layer's pieces are held twice.
+    q/k/v and gate/up go straight into their rows of the fused weight, so nothing is held twice (int8 fuses a
+    layer's pieces before quantizing them, holding those pieces until the last one comes).
     quant="int8": every Linear is quantized as its float weight is copied in (minillama.quant), so loading never
     holds more than one fused weight in float; a tied model also gets a quantized copy of the embedding as head."""
     with torch.device("meta"):
@@ -273,10 +276,13 @@ def build_model(config: ModelConfig, tensors, *, dtype: torch.dtype, device: tor
     if quant is not None:
         from .quant import quantize_linears_
         quantize_linears_(model, quant)
-    model = model.to_empty(device=device).to(dtype)
+    # the dtype is set on the meta device, so each weight is allocated once, in that dtype, and stays untouched (not
+    # resident) until its tensor is copied in: no whole-model conversion pass, no pages faulted in twice
+    model = model.to(dtype)
+    _allocate_(model, device)
     model.rotary = Rotary(config, device)
     filled: set[str] = set()
-    pending: dict[tuple[int, str, str], dict[int, torch.Tensor]] = {}
+    pending: dict[tuple[int, str, str], dict[int, torch.Tensor | None]] = {}
     for name, tensor in tensors:
         if name.endswith("rotary_emb.inv_freq") or (name == "lm_head.weight" and model.lm_head is None):
             continue  # derived buffers, and tied heads that some checkpoints store anyway
@@ -293,11 +299,19 @@ def build_model(config: ModelConfig, tensors, *, dtype: torch.dtype, device: tor
             continue
         layer, fused, kind, index = piece
         parts = pending.setdefault((layer, fused, kind), {})
-        parts[index] = tensor
+        if isinstance(target, torch.Tensor):
+            # straight into its rows of the fused weight: no concatenated copy, nothing held for the other parts
+            rows = target.narrow(0, *_fused_rows(config, fused, index))
+            _check_shape(name, rows, tensor)
+            rows.copy_(tensor)
+            parts[index] = None
+        else:
+            parts[index] = tensor  # a quantized Linear's weight is quantized whole, once every part has come
         if len(parts) == (3 if fused == "wqkv" else 2):
-            whole = torch.cat([parts[i] for i in sorted(parts)], dim=0)
-            _check_shape(name, target, whole)
-            target.copy_(whole)
+            if not isinstance(target, torch.Tensor):
+                whole = torch.cat([parts[i] for i in sorted(parts)], dim=0)
+                _check_shape(name, target, whole)
+                target.copy_(whole)
             filled.add(f"{layer}.{fused}.{kind}")
             del pending[(layer, fused, kind)]
     _check_complete(model, filled, pending)
@@ -305,6 +319,24 @@ def build_model(config: ModelConfig, tensors, *, dtype: torch.dtype, device: tor
         from .quant import quantize_tied_head_
         quantize_tied_head_(model)
     return model.eval()
+
+
+def _allocate_(model: nn.Module, device: torch.device) -> None:
+    """`model.to_empty(device=device)`: uninitialised memory for every parameter and buffer, dtypes kept. Done by hand
+    because to_empty's empty_like of meta tensors imports sympy, 0.6 s and 33 MiB of a load."""
+    for module in model.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            setattr(module, name, nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=device), requires_grad=False))
+        for name, b in list(module.named_buffers(recurse=False)):
+            setattr(module, name, torch.empty(b.shape, dtype=b.dtype, device=device))
+
+
+def _fused_rows(config: ModelConfig, fused: str, index: int) -> tuple[int, int]:
+    """(first row, row count) of q, k or v (index 0, 1, 2) in wqkv, or of gate or up (0, 1) in w_gate_up."""
+    if fused == "wqkv":
+        q, kv = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
+        return (0, q) if index == 0 else (q + (index - 1) * kv, kv)
+    return index * config.ffn_dim, config.ffn_dim
 
 
 def _target(model: Transformer, name: str):
