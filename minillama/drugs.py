@@ -7,7 +7,7 @@ zero, `plan` returns None and the model takes its clean path at no cost.
 Sites (seed 001 "A Guide to Making DRµGs", section 2; the model decides where exactly they sit):
     H   the normed hidden state that feeds q/k/v projections (never the residual stream)   [B, T, 1, dim]
     Q   each query head, before RoPE                                                        [B, T, n_heads, hd]
-    pK  each cached key head *before* RoPE (the model un-rotates, calls apply, re-rotates)  [B, T_ctx, n_kv, hd]
+    pK  each cached key head *before* RoPE (the model maps the direction through RoPE)    [B, T_ctx, n_kv, hd]
     K   each cached key head after RoPE, on a per-step copy of the whole context            [B, T_ctx, n_kv, hd]
     V   each cached value head, same                                                        [B, T_ctx, n_kv, hd]
     A   each head's attention output, before o_proj                                         [B, T, n_heads, hd]
@@ -55,7 +55,7 @@ import functools
 import math
 import numbers
 from dataclasses import dataclass, replace
-from typing import Iterable, Mapping, Sequence, Union
+from typing import Callable, Iterable, Mapping, Sequence, Union
 
 import torch
 
@@ -400,7 +400,7 @@ def _theta_table(drugs: Drugs, n_layers: int) -> dict[str, tuple[float, ...]]:
 class _Layout:
     """What one positions tensor implies, worked out once per forward pass and reused by every call that passes
     the same tensor: which entries keep their input (sink or padding) and where each row draws its noise."""
-    __slots__ = ("positions", "keep", "rows")
+    __slots__ = ("positions", "keep", "kept_prefix", "rows")
 
     def __init__(self, positions: torch.Tensor, sink_protect: int, batch: int):
         if positions.dim() != 2 or positions.shape[0] != batch:
@@ -409,6 +409,13 @@ class _Layout:
         lowest = int(positions.min())
         # Padding (< 0) is always below sink_protect (>= 0), so one mask keeps both.
         self.keep = None if lowest >= sink_protect else (positions < sink_protect)[:, :, None, None]
+        # The common context read (one sequence, positions 0..L-1) keeps a prefix: copying those few rows back is
+        # one small op where a `where` over the whole context would be a large one.
+        self.kept_prefix: int | None = None
+        if self.keep is not None and batch == 1 and lowest >= 0:
+            count = int(self.keep.sum())
+            if bool(self.keep[0, :count].all()):
+                self.kept_prefix = count
         # rows: None when no row has padding (every row draws for all T); else per row the slice or index tensor of
         # its real positions, so its draws do not depend on how much padding the batch added.
         self.rows: list[slice | torch.Tensor] | None = None
@@ -442,11 +449,14 @@ class NoisePlan:
         """The angle for this site in this layer; 0.0 means the model skips the site."""
         return self._thetas[site][layer]
 
-    def apply(self, site: str, layer: int, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def apply(self, site: str, layer: int, x: torch.Tensor, positions: torch.Tensor,
+              direction_map: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """A perturbed copy of x [B, T, n_vecs, d] in x's dtype; positions [B, T] are absolute (< 0: padding).
         Vectors at positions < sink_protect and padding are returned bit-identical. x is never modified.
         Pass the same positions tensor object to every call of one forward pass that shares it: its layout is worked
-        out once (one device sync) and reused; do not modify it in place meanwhile."""
+        out once (one device sync) and reused; do not modify it in place meanwhile.
+        direction_map, if given, is an orthogonal map applied to the drawn noise directions (float32, x's shape)
+        before use: the model passes RoPE for pK, whose directions live in pre-RoPE space."""
         theta = self._thetas[site][layer]
         if theta == 0.0 or x.numel() == 0:
             return x.clone()
@@ -457,9 +467,11 @@ class NoisePlan:
             layout = self._layouts[id(positions)] = _Layout(positions, self._sink_protect, len(self._generators))
         work = x if x.dtype in (torch.float32, torch.float64) else x.float()
         if self._kind == "rotation-compat":
-            y = self._rotate_compat(work, theta, layout)
+            y = self._rotate_compat(work, theta, layout, direction_map)
         else:
             g = self._draw(work, layout)
+            if direction_map is not None:
+                g = direction_map(g)
             if self._kind == "euclidean":
                 # g holds N(0, ½): θ·|x|/√d·N(0, 1) = θ·|x|·√(2/d)·g
                 scale = torch.linalg.vector_norm(work, dim=-1, keepdim=True).mul_(theta * math.sqrt(2.0 / x.shape[-1]))
@@ -468,7 +480,9 @@ class NoisePlan:
                 y = _rotate(work, g, theta, self._kind == "normal")
         if y.dtype != x.dtype:
             y = y.to(x.dtype)
-        if layout.keep is not None:
+        if layout.kept_prefix is not None:
+            y[:, :layout.kept_prefix] = x[:, :layout.kept_prefix]
+        elif layout.keep is not None:
             y = torch.where(layout.keep, x, y)
         return y
 
@@ -500,9 +514,12 @@ class NoisePlan:
         fresh = torch.empty if layout.rows is None else torch.ones
         return self._fill(fresh(work.shape, dtype=work.dtype, device=work.device), layout, uniform=False)
 
-    def _rotate_compat(self, work: torch.Tensor, theta: float, layout: _Layout) -> torch.Tensor:
+    def _rotate_compat(self, work: torch.Tensor, theta: float, layout: _Layout,
+                       direction_map: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
         """DRUGS' original: rand_like direction, then a separate uniform angle (per row: direction, then angles)."""
         direction = self._fill(torch.ones(work.shape, dtype=work.dtype, device=work.device), layout, uniform=True)
+        if direction_map is not None:
+            direction = direction_map(direction)
         angles = self._fill(torch.zeros(work.shape[:-1] + (1,), dtype=work.dtype, device=work.device),
                             layout, uniform=True).mul_(theta)
         return _rotate_by(work, direction, angles)
@@ -510,11 +527,12 @@ class NoisePlan:
 
 def _rotate(x: torch.Tensor, h: torch.Tensor, theta: float, half_normal: bool) -> torch.Tensor:
     """Rotate each x toward h's component orthogonal to x, by an angle drawn from w = h·x̂ = z/√2 (h ~ N(0, ½·I))."""
-    xx = (x * x).sum(-1, keepdim=True)
-    xh = (x * h).sum(-1, keepdim=True)
-    hh = (h * h).sum(-1, keepdim=True)
-    norm = xx.sqrt_()
-    w = xh.div_(norm.clamp_min(_TINY))                 # x = 0 gives w = 0, and then k = 0 below: y stays 0
+    # vector_norm is one fused pass where (x * x).sum is two, with a temporary the size of x: this is the largest
+    # tensor K/V noise touches (the whole context), so each pass saved shows in the decode step
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    hh = torch.linalg.vector_norm(h, dim=-1, keepdim=True)
+    hh = hh.mul_(hh)                                    # square_ would go through pow_ and a dtype copy
+    w = (x * h).sum(-1, keepdim=True).div_(norm.clamp_min(_TINY))   # x = 0 gives w = 0, then k = 0: y stays 0
     if half_normal:
         angle = w.abs().mul_(theta * _INV_SQRT2).clamp_max_(math.pi)             # (θ/2)·|z|
     else:
@@ -526,16 +544,17 @@ def _rotate_by(x: torch.Tensor, direction: torch.Tensor, angle: torch.Tensor) ->
     """Rotate each x by the given angle toward direction's component orthogonal to x."""
     norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
     z = (x * direction).sum(-1, keepdim=True).div_(norm.clamp_min(_TINY))
-    gg = (direction * direction).sum(-1, keepdim=True)
+    gg = torch.linalg.vector_norm(direction, dim=-1, keepdim=True)
+    gg = gg.mul_(gg)
     return _combine(x, direction, z, gg, norm, angle)
 
 
 def _combine(x: torch.Tensor, g: torch.Tensor, z: torch.Tensor, gg: torch.Tensor, norm: torch.Tensor,
              angle: torch.Tensor) -> torch.Tensor:
     """y = cos(a)·x + sin(a)·|x|·g⊥/|g⊥| written as α·x + k·g; consumes z, gg, norm and angle (in-place)."""
-    inv_perp = gg.sub_(z * z).clamp_min_(_TINY).rsqrt_()       # 1/|g⊥|, |g⊥|² = |g|² − z²
+    inv_perp = gg.addcmul_(z, z, value=-1.0).clamp_min_(_TINY).rsqrt_()       # 1/|g⊥|, |g⊥|² = |g|² − z²
     s = angle.sin().mul_(inv_perp)
-    alpha = angle.cos_().sub_(s * z)
+    alpha = angle.cos_().addcmul_(s, z, value=-1.0)
     return torch.addcmul(x * alpha, g, s.mul_(norm))
 
 

@@ -60,6 +60,7 @@ class ForwardBatch:
     read_slots: torch.Tensor | None = None
     valid: torch.Tensor | None = None
     _key_positions: torch.Tensor | None = None
+    _key_cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def max_len(self) -> int:
@@ -72,6 +73,13 @@ class ForwardBatch:
             pos = torch.arange(self.max_len, device=self.positions.device).expand(len(self.lengths), -1)
             self._key_positions = pos if self.valid is None else pos.masked_fill(~self.valid, -1)
         return self._key_positions
+
+    def key_cos_sin(self, rotary: Rotary) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE's float32 cos/signed sin at each context entry (padding at 0), for pK noise (whose math is float32);
+        built once per forward."""
+        if self._key_cos_sin is None:
+            self._key_cos_sin = rotary.cos_sin(self.key_positions().clamp_min(0), torch.float32, signed=True)
+        return self._key_cos_sin
 
 
 @dataclass
@@ -103,8 +111,7 @@ class Attention(nn.Module):
         qk = qkv[..., :self.q_size + self.kv_size].view(B, T, self.n_heads + self.n_kv, self.head_dim)
         v = qkv[..., self.q_size + self.kv_size:].view(B, T, self.n_kv, self.head_dim)
         if noise is not None and noise.theta("Q", layer):
-            qk = torch.cat([noise.apply("Q", layer, qk[:, :, :self.n_heads], batch.positions),
-                            qk[:, :, self.n_heads:]], dim=2)
+            qk[:, :, :self.n_heads] = noise.apply("Q", layer, qk[:, :, :self.n_heads], batch.positions)  # qkv is ours
         qk = apply_rope(qk, cos, sin)
         q, k = qk[:, :, :self.n_heads], qk[:, :, self.n_heads:]
 
@@ -152,10 +159,11 @@ class Attention(nn.Module):
                 continue
             x = keys.transpose(1, 2)                                   # [B, L, kv_heads, d]
             if site == "pK":
-                # undo RoPE, perturb the raw key, rotate back: the noise direction lives in pre-RoPE space
-                rope_pos = positions.clamp_min(0)
-                x = rotary.rotate(noise.apply("pK", layer, rotary.rotate(x, rope_pos, inverse=True), positions),
-                                  rope_pos)
+                # The noise direction lives in pre-RoPE space. Rotations commute with RoPE (an orthogonal map R):
+                # R·perturb(R⁻¹k, g) = perturb(k, R·g), so rotating the drawn direction once replaces undoing and
+                # redoing RoPE on the keys.
+                cos, sin = batch.key_cos_sin(rotary)
+                x = noise.apply("pK", layer, x, positions, direction_map=lambda g: apply_rope(g, cos, sin))
             else:
                 x = noise.apply("K", layer, x, positions)
             keys = x.transpose(1, 2)

@@ -137,6 +137,25 @@ def test_sink_positions_and_padding_are_bit_identical(dtype):
     assert (y[~keep] != x[~keep]).any(dim=-1).all()                            # every free vector moved
 
 
+def test_one_sequence_from_position_zero_keeps_its_sink_prefix_bit_identical():
+    """The model's usual context read (one row, positions 0..L-1) takes the prefix copy instead of a mask."""
+    x = torch.randn(1, 12, 3, 16)
+    y = make_plan(0.5, "V", sink=6).apply("V", 0, x, positions(1, 12))
+    assert torch.equal(y[0, :6], x[0, :6])
+    assert (y[0, 6:] != x[0, 6:]).any(dim=-1).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_direction_map_equals_perturbing_in_the_mapped_frame(kind):
+    """pK's shortcut: R·perturb(R⁻¹x, g) = perturb(x, R·g) for an orthogonal R, with the same draws."""
+    x = torch.randn(1, 20, 3, 16, dtype=torch.float64)
+    rotation, _ = torch.linalg.qr(torch.randn(16, 16, dtype=torch.float64))
+    pos = positions(1, 20)
+    inside = make_plan(0.5, kind=kind, seeds=(3,)).apply("K", 0, x @ rotation, pos) @ rotation.T
+    mapped = make_plan(0.5, kind=kind, seeds=(3,)).apply("K", 0, x, pos, direction_map=lambda g: g @ rotation.T)
+    torch.testing.assert_close(mapped, inside, rtol=1e-9, atol=1e-9)
+
+
 def test_sink_protect_zero_still_protects_padding_and_large_counts_protect_everything():
     x = torch.randn(1, 8, 2, 8)
     pos = torch.tensor([[0, 1, 2, 3, 4, 5, -1, -1]])
