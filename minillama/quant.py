@@ -26,6 +26,7 @@ Two ways in:
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -119,12 +120,12 @@ def quantize_int8(weight: torch.Tensor, name: str = "weight",
     for start in range(0, weight.shape[0], chunk):
         rows = slice(start, start + chunk)
         w = weight[rows].detach().float()
-        if not torch.isfinite(w).all():
+        w = rotation(w) if rotation is not None else w.clone()        # a new tensor, ours to divide in place
+        row_scale = torch.linalg.vector_norm(w, ord=math.inf, dim=1).clamp_min_(1e-12).div_(127.0)
+        if not torch.isfinite(row_scale).all():                     # a NaN or inf anywhere in a row shows here
             raise QuantizationError(f"{name}: the weight holds NaN or infinite values and cannot be quantized")
-        if rotation is not None:
-            w = rotation(w)
-        scale[rows] = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-        q[rows] = (w / scale[rows, None]).round_().clamp_(-127, 127)   # w may be the caller's own tensor
+        scale[rows] = row_scale
+        q[rows] = w.div_(row_scale[:, None]).round_()                # |w / scale| <= 127 by construction
     return q, scale
 
 
@@ -198,18 +199,18 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed is None:
             raise QuantizationError(f"{self.name}: this quantized Linear was never given its weight")
-        xf = self.rotation(x if x.dtype == torch.float32 else x.float())
-        rows = xf.numel() // self.in_features
-        # several rows: scale each to max 1 so the kernel's one per-tensor step fits every row, not the largest
-        row_max = xf.abs().amax(-1, keepdim=True).clamp_min_(1e-12) if rows > 1 else None
-        if row_max is not None:
-            xf = xf / row_max
+        xf = self.rotation(x if x.dtype == torch.float32 else x.float())   # a new tensor, ours to scale in place
+        row_max = None
+        if xf.numel() > self.in_features:
+            # several rows: scale each to max 1 so the kernel's one per-tensor step fits every row, not the largest
+            row_max = torch.linalg.vector_norm(xf, ord=math.inf, dim=-1, keepdim=True).clamp_min_(1e-12)
+            xf.div_(row_max)
         # reduce_range: 7-bit activations, so AVX2's int16 pairwise accumulation (vpmaddubsw) cannot saturate
         y = torch.ops.quantized.linear_dynamic(xf, self._packed, True)
         if row_max is not None:
-            y = y * row_max
+            y.mul_(row_max)
         if self.bias is not None:
-            y = y + self.bias.float()
+            y.add_(self.bias)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def extra_repr(self) -> str:
