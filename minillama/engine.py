@@ -138,12 +138,15 @@ class _Run:
 
 class Stream:
     """Iterates the printable text of the first sample as it is generated; `.completion` when done (or
-    interrupted: a KeyboardInterrupt while iterating leaves the engine usable and `.completion` partial)."""
+    interrupted: a KeyboardInterrupt while iterating leaves the engine usable and `.completion` partial).
+    `.error` is the GenerationError that ended it, if one did (NaN logits, a sampler with nothing to draw); iterating
+    raises it, after freeing the stream's cache."""
 
     def __init__(self, engine: "Engine", runs: list[_Run], stats: Stats, on_finish=None):
         self._engine, self._runs, self._stats, self._on_finish = engine, runs, stats, on_finish
         self._completion: Completion | None = None
         self._t0 = time.perf_counter()
+        self.error: GenerationError | None = None
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -162,6 +165,9 @@ class Stream:
             except KeyboardInterrupt:
                 self.close()
                 raise
+            if self.error is not None:
+                self.close()
+                raise self.error
 
     @property
     def finished(self) -> bool:
@@ -380,38 +386,59 @@ class Engine:
     @torch.inference_mode()
     def step(self, streams: list[Stream]) -> None:
         """One decode step for every unfinished sample of these streams, in one batched forward (per distinct
-        dose of drugs). Streams may come from different requests: this is what continuous batching calls."""
-        active: list[_Run] = []
+        dose of drugs). Streams may come from different requests: this is what continuous batching calls.
+        A GenerationError ends only the stream it belongs to (its `.error`); the others go on."""
+        active: list[tuple[Stream, _Run]] = []
         for stream in streams:
             runs = [r for r in stream._runs if not r.finished]
             t_sample = time.perf_counter()
-            for run in runs:
-                token = self._sample(run)
-                if stream._stats.new_tokens == 0:
-                    stream._stats.ttft_s = stream._stats.prefill_s + time.perf_counter() - t_sample
-                stream._stats.new_tokens += 1
-                self._advance(run, token)
-            active.extend(runs)
+            try:
+                for run in runs:
+                    token = self._sample(run)
+                    if stream._stats.new_tokens == 0:
+                        stream._stats.ttft_s = stream._stats.prefill_s + time.perf_counter() - t_sample
+                    stream._stats.new_tokens += 1
+                    self._advance(run, token)
+            except GenerationError as error:
+                stream.error = error
+                continue
+            active.extend((stream, run) for run in runs)
             if stream.finished:
                 stream._finish()
-        feeding = [r for r in active if not r.finished]
+        feeding = [(stream, run) for stream, run in active if not run.finished and stream.error is None]
         if not feeding:
             return
-        for run in feeding:
+        for _, run in feeding:
             self._make_room(run)
             every = run.drugs.cold_shower_every if run.drugs is not None else None
             if every and run.seq.drugged_count >= every:
                 self._shower(run.seq)
-        groups: dict[int, list[_Run]] = {}
-        for run in feeding:
-            groups.setdefault(id(run.drugs), []).append(run)
+        groups: dict[int, list[tuple[Stream, _Run]]] = {}
+        for stream, run in feeding:
+            groups.setdefault(id(run.drugs), []).append((stream, run))
         for group in groups.values():
-            drugs = group[0].drugs
-            noise = drugs.plan(self.config.n_layers, [r.noise_generator for r in group]) if drugs else None
-            out = self._forward([r.seq for r in group], [[r.history[-1]] for r in group], noise=noise,
-                                capture=_capture_of([r.sampler for r in group]))
-            for row, run in enumerate(group):
-                run.pending, run.pending_row = out, row
+            try:
+                self._feed([run for _, run in group])
+            except GenerationError as error:
+                if len(group) == 1:
+                    group[0][0].error = error
+                    continue
+                # The batch failed as a whole; a failed forward commits nothing, so feed each sequence on its own to
+                # find the ones that fail by themselves, and let the others go on.
+                for stream, run in group:
+                    try:
+                        self._feed([run])
+                    except GenerationError as alone:
+                        stream.error = alone
+
+    def _feed(self, runs: list[_Run]) -> None:
+        """One forward of each run's newest token (all sharing one dose of drugs); the logits wait in `pending`."""
+        drugs = runs[0].drugs
+        noise = drugs.plan(self.config.n_layers, [r.noise_generator for r in runs]) if drugs else None
+        out = self._forward([r.seq for r in runs], [[r.history[-1]] for r in runs], noise=noise,
+                            capture=_capture_of([r.sampler for r in runs]))
+        for row, run in enumerate(runs):
+            run.pending, run.pending_row = out, row
 
     def _sample(self, run: _Run) -> int:
         out, row = run.pending, run.pending_row

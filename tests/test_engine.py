@@ -165,3 +165,47 @@ def test_twenty_thousand_tokens_with_context_shift_in_flat_memory(stories_dir):
     assert peak <= 128 // 16 + 1                       # never more than one context's worth of blocks
     assert len(set(samples)) == 1                       # the pool never grew after the first window
     assert engine.cache.manager.used_blocks == 0
+
+
+def _poison_rows_from(engine, position: int) -> None:
+    """NaN logits for every sequence whose newest token sits at `position` or later (the others stay clean)."""
+    real = engine.model.forward
+
+    def forward(tokens, batch, **kwargs):
+        out = real(tokens, batch, **kwargs)
+        out.logits[batch.positions[:, -1] >= position] = float("nan")
+        return out
+
+    engine.model.forward = forward
+
+
+def test_a_failing_stream_ends_alone_in_a_batched_step(stories_dir):
+    engine = Engine.from_pretrained(stories_dir)
+    clean = engine.generate([1, 403, 407], max_new_tokens=8).tokens
+    _poison_rows_from(engine, 12)
+    short = engine.stream([1, 403, 407], max_new_tokens=8)           # positions 3..10: never poisoned
+    long = engine.stream([1] + list(range(300, 309)), max_new_tokens=8)   # reaches position 12 on its third step
+    while not short.finished:
+        engine.step([s for s in (short, long) if not s.finished and s.error is None])
+    assert long.error is not None and "NaN" in str(long.error)
+    assert short.completion.tokens == clean                          # the batch-mate was not disturbed
+    with pytest.raises(GenerationError, match="NaN"):                # iterating the failed stream raises, once freed
+        list(long)
+    assert engine.cache.manager.used_blocks == 0
+
+
+def test_a_sampler_error_ends_only_its_stream(stories_dir):
+    class Exhausted(Greedy):
+        def sample(self, ctx: StepContext) -> int:
+            if len(ctx.tokens) > 5:
+                raise GenerationError("no candidate has a finite, positive probability")
+            return super().sample(ctx)
+
+    engine = Engine.from_pretrained(stories_dir)
+    good = engine.stream([1, 403, 407], max_new_tokens=6)
+    bad = engine.stream([1, 403, 407], max_new_tokens=6, sampler=Exhausted())
+    while not good.finished:
+        engine.step([s for s in (good, bad) if not s.finished and s.error is None])
+    assert bad.error is not None and len(good.completion.tokens) == 6
+    bad.close()
+    assert engine.cache.manager.used_blocks == 0

@@ -328,3 +328,46 @@ def test_full_block_pool_makes_requests_wait(stories_dir):
         assert together == alone
         state = srv.wait_idle()
         assert state["used_blocks"] == 0 and state["failed_requests"] == 0
+
+
+def test_one_failing_request_does_not_fail_its_batch_mates(stories_dir):
+    """Two requests decode in one batch; the long one's logits turn NaN a few tokens in. It alone gets a 500: the
+    short one finishes as it would alone, and every block is freed. The first decode step waits at a gate until
+    the second request is queued, so it joins the batch after one step."""
+    small = Engine.from_pretrained(stories_dir)
+    long_prompt = " ".join([STORY] * 3)
+    poisoned_from = len(small.tokenizer.encode(long_prompt, bos=True)) + 3
+    real_forward = small.model.forward
+
+    def forward(tokens, batch, **kwargs):
+        out = real_forward(tokens, batch, **kwargs)
+        out.logits[batch.positions[:, -1] >= poisoned_from] = float("nan")
+        return out
+
+    small.model.forward = forward
+    gate = threading.Event()
+    step = small.step
+    small.step = lambda streams: (gate.wait(30), step(streams))
+    no_eos = {str(small.tokenizer.eos_ids[0]): -100}
+    with RunningServer(create_app(small, model_name="tiny", max_batch=4, max_queue=4)) as srv, \
+            concurrent.futures.ThreadPoolExecutor(2) as pool:
+        def post(prompt: str, tokens: int):
+            return httpx.post(f"{srv.url}/v1/completions", timeout=60,
+                              json={"prompt": prompt, "max_tokens": tokens, "logit_bias": no_eos})
+
+        def wait_for(running: int, waiting: int) -> None:
+            deadline = time.monotonic() + 20
+            while (lambda h: (h["running_sequences"], h["waiting_requests"]))(srv.health()) != (running, waiting):
+                assert time.monotonic() < deadline, srv.health()
+                time.sleep(0.01)
+
+        long = pool.submit(post, long_prompt, 20)
+        wait_for(1, 0)
+        short = pool.submit(post, "Once", 5)
+        wait_for(1, 1)
+        gate.set()
+        assert short.result().status_code == 200
+        failed = long.result()
+        assert failed.status_code == 500 and "NaN" in failed.json()["error"]["message"]
+        state = srv.wait_idle()
+        assert state["used_blocks"] == 0 and state["failed_requests"] == 1

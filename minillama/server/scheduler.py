@@ -156,6 +156,9 @@ class Scheduler:
                 log.exception("decode step failed")
                 self._fail_running(error)
                 continue
+            for job in [j for j in self._running if j.stream.error is not None]:   # only that request fails
+                self._end_with_error(job, RequestError(f"generation failed: {job.stream.error}", status=500,
+                                                       type="server_error"))
             self._publish()
         self._shutdown()
 
