@@ -261,8 +261,8 @@ class QuantEmbedding(nn.Module):
         return (self.q[tokens].float() * self.scale[tokens].unsqueeze(-1)).to(self.out_dtype)
 
     def _apply(self, fn, recurse=True):
-        # q and scale are plain attributes (so .to(bfloat16) cannot round the scales); track the dtype and device
-        # that .to()/.to_empty() ask for on a probe, and keep the int8 rows on the CPU, where they must live
+        # q and scale are plain attributes, so .to(bfloat16) cannot round the scales (and the int8 rows stay on the
+        # CPU, where they must live); follow the dtype that .to() asks for by applying it to an empty probe
         self.out_dtype = fn(torch.empty(0, dtype=self.out_dtype)).dtype
         return super()._apply(fn, recurse)
 
@@ -285,8 +285,8 @@ def _linear_modules(model: nn.Module):
 
 
 def quantize_linears_(model: nn.Module, quant: str) -> nn.Module:
-    """Replace every nn.Linear of `model` (typically still on the meta device) by an unfilled QuantLinear.
-    Copying a float weight into `.weight` quantizes it. Returns the model."""
+    """Replace every nn.Linear of `model` (typically still on the meta device) by an unfilled QuantLinear and the
+    embedding by an unfilled QuantEmbedding. Copying a float weight into `.weight` quantizes it. Returns the model."""
     check_quant(quant)
     for parent, child_name, child, full_name in list(_linear_modules(model)):
         setattr(parent, child_name, QuantLinear(child.in_features, child.out_features, child.bias is not None,
