@@ -238,7 +238,7 @@ class Engine:
         if quant is not None:
             from .quant import check_quant
             check_quant(quant, device)   # unknown names and platforms without int8 kernels fail before any reading
-        ckpt = load_checkpoint(source, dtype=dtype, device=device)
+        ckpt = load_checkpoint(source, dtype=None, device=device)      # build_model converts each tensor as it copies
         model = build_model(ckpt.config, ckpt.tensors, dtype=dtype, device=device, quant=quant)
         tokenizer = ckpt.tokenizer
         if tokenizer is not None and tokenizer.vocab_size > ckpt.config.vocab_size:

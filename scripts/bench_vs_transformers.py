@@ -169,7 +169,7 @@ def load_minillama(folder: Path, dtype: torch.dtype, quant: str | None = None):
     from minillama import Engine
     from minillama.loading import load_checkpoint
     from minillama.model import build_model
-    ckpt = load_checkpoint(folder, dtype=dtype, with_tokenizer=False)
+    ckpt = load_checkpoint(folder, dtype=None, with_tokenizer=False)   # as stored: build_model converts on the copy
     model = build_model(ckpt.config, ckpt.tensors, dtype=dtype, device=torch.device("cpu"), quant=quant)
     return Engine(model, IdsOnlyTokenizer(ckpt.config.vocab_size), source=str(folder))
 

@@ -19,7 +19,7 @@ def hwm():
             return int(line.split()[1]) * 1024
 
 folder, dtype = sys.argv[1], getattr(torch, sys.argv[2])
-ckpt = load_checkpoint(folder, dtype=dtype, with_tokenizer=False)
+ckpt = load_checkpoint(folder, dtype=None, with_tokenizer=False)   # as Engine.from_pretrained does
 before = hwm()
 model = build_model(ckpt.config, ckpt.tensors, dtype=dtype, device=torch.device("cpu"))
 weights = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -30,8 +30,8 @@ print(json.dumps({"peak": hwm() - before, "weights": weights}))
 @pytest.fixture(scope="module")
 def big_folder(tmp_path_factory):
     """~280 MB of float32 weights in 16 layers, so the process's fixed ~10 MiB (allocator, threads) and the one tensor
-    in flight are small beside them, as in real models. Loading in bfloat16 holds the tensor in flight in both
-    dtypes; the embedding, the largest, comes first, while the model is still untouched."""
+    in flight are small beside them, as in real models. Loading float32 into bfloat16 converts each tensor as it is
+    copied into the model, so none is ever held in both dtypes."""
     from modelfactory import make_hf_model
     return make_hf_model(tmp_path_factory.mktemp("big"), dim=512, n_layers=16, n_heads=8, n_kv_heads=2,
                          ffn_dim=2048, vocab_size=16384, tie=True)

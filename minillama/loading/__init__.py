@@ -24,7 +24,8 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 @dataclass
 class Checkpoint:
     config: ModelConfig
-    tensors: Iterator[tuple[str, torch.Tensor]]   # (HF name, tensor in the requested dtype/device), one at a time
+    tensors: Iterator[tuple[str, torch.Tensor]]   # (HF name, tensor on the device, in the requested dtype or, for
+                                                  # dtype=None, as stored), one at a time
     tokenizer: "Tokenizer | None"
     path: Path                                    # the model folder or the .gguf file
     metadata: dict[str, Any]                      # GGUF metadata as plain values, or the parsed config.json
@@ -41,10 +42,12 @@ class WeightSource(Protocol):
     def read(self, name: str) -> torch.Tensor: ...
 
 
-def load_checkpoint(source: str | Path, *, dtype: torch.dtype, device: torch.device | str = "cpu",
+def load_checkpoint(source: str | Path, *, dtype: torch.dtype | None, device: torch.device | str = "cpu",
                     with_tokenizer: bool = True) -> Checkpoint:
-    """Open a model folder (config.json + safetensors) or a .gguf file and check it; weights load lazily."""
-    if dtype not in SUPPORTED_DTYPES:
+    """Open a model folder (config.json + safetensors) or a .gguf file and check it; weights load lazily.
+    dtype=None yields each tensor in the dtype it is stored in (GGUF quantizations as float32): build_model converts
+    as it copies, so loading never holds a tensor in two dtypes at once."""
+    if dtype is not None and dtype not in SUPPORTED_DTYPES:
         raise ModelLoadError(f"dtype {dtype} is not supported (supported: float32, bfloat16, float16)")
     device = _check_device(device)
     weights = open_weights(source)
@@ -121,11 +124,12 @@ def _check_shapes(weights: WeightSource, expected: dict[str, tuple[int, ...]]) -
                                  f"expected {list(shape)} from the model config")
 
 
-def _stream(weights: WeightSource, names: list[str], dtype: torch.dtype,
+def _stream(weights: WeightSource, names: list[str], dtype: torch.dtype | None,
             device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
     # Holds no reference to a tensor once it is yielded: the caller decides what stays alive.
     for name in names:
-        yield name, weights.read(name).to(device=device, dtype=dtype)
+        tensor = weights.read(name)
+        yield name, tensor.to(device=device) if dtype is None else tensor.to(device=device, dtype=dtype)
 
 
 def _check_device(device: torch.device | str) -> torch.device:
