@@ -78,18 +78,11 @@ def run(args: argparse.Namespace) -> int:
                                    template=args.template)
     engine = common.open_engine(args)
     report = lab_run.run_lab(engine, chosen, prompts, settings, progress=not args.no_progress)
-    report["command"] = sys.argv[1:]
-    tag = args.tag or lab_run.model_label(engine.source)
-    json_path = lab_run.write_json(report, out / f"{tag}-lab.json")
-    print(lab_run.format_table(report))
-    print(f"wrote {json_path}", file=sys.stderr)
-    plot = lab_run.plot_frontier(report, out / f"{tag}-frontier.png")
-    print(f"wrote {plot}" if plot else lab_run.PLOT_HINT, file=sys.stderr)
-    return 0
+    return _publish(report, args, engine, out, "lab", lab_run.format_table, "frontier", lab_run.plot_frontier)
 
 
 def _long_run(args: argparse.Namespace, out: Path) -> int:
-    from ..lab import longrun, run as lab_run
+    from ..lab import longrun
     arms = longrun.select_arms(args.long_arms)
     args.ctx_size = args.ctx_size or args.long_context
     args.context_shift = True
@@ -97,11 +90,20 @@ def _long_run(args: argparse.Namespace, out: Path) -> int:
     report = longrun.long_run(engine, arms, prompt=args.long_prompt or longrun.DEFAULT_PROMPT,
                               tokens=args.long_tokens, every=args.long_every, seed=args.seed,
                               progress=not args.no_progress)
+    return _publish(report, args, engine, out, "long_run", longrun.format_long_table, "long_run",
+                    longrun.plot_long_run)
+
+
+def _publish(report: dict, args: argparse.Namespace, engine, out: Path, name: str, table, plot_name: str,
+             plot) -> int:
+    """Print the report's table; write it as OUT/TAG-NAME.json and its plot as OUT/TAG-PLOT_NAME.png (or say
+    which extra the plot needs)."""
+    from ..lab import run as lab_run
     report["command"] = sys.argv[1:]
     tag = args.tag or lab_run.model_label(engine.source)
-    json_path = lab_run.write_json(report, out / f"{tag}-long_run.json")
-    print(longrun.format_long_table(report))
+    json_path = lab_run.write_json(report, out / f"{tag}-{name}.json")
+    print(table(report))
     print(f"wrote {json_path}", file=sys.stderr)
-    plot = longrun.plot_long_run(report, out / f"{tag}-long_run.png")
-    print(f"wrote {plot}" if plot else lab_run.PLOT_HINT, file=sys.stderr)
+    written = plot(report, out / f"{tag}-{plot_name}.png")
+    print(f"wrote {written}" if written else lab_run.PLOT_HINT, file=sys.stderr)
     return 0
