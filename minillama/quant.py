@@ -114,13 +114,14 @@ def quantize_int8(weight: torch.Tensor, name: str = "weight",
     """Symmetric per-output-channel int8 of weight (rotated first when given: W R^T): (q int8 [out, in],
     scale float32 [out]) with weight ≈ q * scale. Works through the rows in chunks, so loading never holds a float
     copy of a whole matrix next to the one being read."""
+    weight = weight.detach()
     q = torch.empty(weight.shape, dtype=torch.int8)
     scale = torch.empty(weight.shape[0], dtype=torch.float32)
     chunk = max(1, _CHUNK_BYTES // (4 * weight.shape[1]))
     for start in range(0, weight.shape[0], chunk):
         rows = slice(start, start + chunk)
-        w = weight[rows].detach().float()
-        w = rotation(w) if rotation is not None else w.clone()        # a new tensor, ours to divide in place
+        # a new float32 tensor either way, ours to divide in place
+        w = rotation(weight[rows].float()) if rotation is not None else weight[rows].to(torch.float32, copy=True)
         row_scale = torch.linalg.vector_norm(w, ord=math.inf, dim=1).clamp_min_(1e-12).div_(127.0)
         if not torch.isfinite(row_scale).all():                     # a NaN or inf anywhere in a row shows here
             raise QuantizationError(f"{name}: the weight holds NaN or infinite values and cannot be quantized")

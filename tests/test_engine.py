@@ -167,7 +167,7 @@ def test_twenty_thousand_tokens_with_context_shift_in_flat_memory(stories_dir):
     assert engine.cache.manager.used_blocks == 0
 
 
-def _poison_rows_from(engine, position: int) -> None:
+def poison_rows_from(engine, position: int) -> None:
     """NaN logits for every sequence whose newest token sits at `position` or later (the others stay clean)."""
     real = engine.model.forward
 
@@ -182,7 +182,7 @@ def _poison_rows_from(engine, position: int) -> None:
 def test_a_failing_stream_ends_alone_in_a_batched_step(stories_dir):
     engine = Engine.from_pretrained(stories_dir)
     clean = engine.generate([1, 403, 407], max_new_tokens=8).tokens
-    _poison_rows_from(engine, 12)
+    poison_rows_from(engine, 12)
     short = engine.stream([1, 403, 407], max_new_tokens=8)           # positions 3..10: never poisoned
     long = engine.stream([1] + list(range(300, 309)), max_new_tokens=8)   # reaches position 12 on its third step
     while not short.finished:

@@ -21,6 +21,7 @@ from minillama import Drugs, Engine  # noqa: E402
 from minillama.sampling.adaptive_cli import build_adaptive  # noqa: E402
 from minillama.sampling.params import SamplingParams  # noqa: E402
 from minillama.server.app import create_app  # noqa: E402
+from test_engine import poison_rows_from  # noqa: E402
 
 KEY = "test-key"
 STORY = "Once upon a time"
@@ -336,15 +337,7 @@ def test_one_failing_request_does_not_fail_its_batch_mates(stories_dir):
     the second request is queued, so it joins the batch after one step."""
     small = Engine.from_pretrained(stories_dir)
     long_prompt = " ".join([STORY] * 3)
-    poisoned_from = len(small.tokenizer.encode(long_prompt, bos=True)) + 3
-    real_forward = small.model.forward
-
-    def forward(tokens, batch, **kwargs):
-        out = real_forward(tokens, batch, **kwargs)
-        out.logits[batch.positions[:, -1] >= poisoned_from] = float("nan")
-        return out
-
-    small.model.forward = forward
+    poison_rows_from(small, len(small.tokenizer.encode(long_prompt, bos=True)) + 3)
     gate = threading.Event()
     step = small.step
     small.step = lambda streams: (gate.wait(30), step(streams))

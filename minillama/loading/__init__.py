@@ -128,8 +128,7 @@ def _stream(weights: WeightSource, names: list[str], dtype: torch.dtype | None,
             device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
     # Holds no reference to a tensor once it is yielded: the caller decides what stays alive.
     for name in names:
-        tensor = weights.read(name)
-        yield name, tensor.to(device=device) if dtype is None else tensor.to(device=device, dtype=dtype)
+        yield name, weights.read(name).to(device=device, dtype=dtype)      # dtype=None keeps the stored one
 
 
 def _check_device(device: torch.device | str) -> torch.device:
