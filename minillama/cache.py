@@ -45,7 +45,8 @@ class BlockManager:
     equal hashes mean equal prefixes (verified by comparing tokens). When its last user frees it, an indexed block
     keeps its contents and stays findable until the block is handed out again: a later request with the same
     prompt prefix picks it up instead of recomputing it. Plain free blocks are handed out before indexed ones,
-    and the block right after a sequence's last one is preferred, to keep sequences contiguous."""
+    and the block right after a sequence's last one is preferred (even over keeping a cached prefix block), to keep
+    sequences contiguous."""
 
     def __init__(self, capacity: int, max_blocks: int):
         self.max_blocks = max_blocks
@@ -75,7 +76,8 @@ class BlockManager:
 
     def allocate(self, after: int | None = None) -> int:
         nxt = None if after is None else after + 1
-        if nxt is not None and nxt in self.free:
+        if nxt is not None and (nxt in self.free or nxt in self.free_indexed):
+            # keeping the sequence contiguous (read as a view every step) is worth more than one cached prefix block
             block = nxt
         elif self.free:
             block = min(self.free)

@@ -177,3 +177,16 @@ def test_rewritten_prefix_block_leaves_the_index(model):
     probe = e.cache.new_sequence()
     assert e.cache.attach_prefix(probe, prompt + [5]) == 4     # only block 0 still matches
     assert (step(e, probe, prompt[4:]) - e.logits(prompt)[-1]).abs().max() <= 1e-4
+
+
+def test_a_repeated_prompt_stays_contiguous(model):
+    """The block after a reused prefix is taken back even though it is still indexed: a contiguous sequence is read
+    as a view every decode step, where a gapped one is gathered."""
+    e = engine(model)
+    prompt = [1] + list(range(300, 315))                       # 16 tokens: 4 full blocks, 3 reused next time
+    e.generate(prompt, max_new_tokens=5)
+    seq = e.cache.new_sequence()
+    assert e.cache.attach_prefix(seq, prompt) == 12
+    step(e, seq, prompt[12:])
+    assert seq.contiguous and seq.blocks == [seq.blocks[0] + i for i in range(len(seq.blocks))]
+    e.cache.free(seq)
