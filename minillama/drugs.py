@@ -11,7 +11,10 @@ Sites (seed 001 "A Guide to Making DRµGs", section 2; the model decides where e
     K   each cached key head after RoPE, on a per-step copy of the whole context            [B, T_ctx, n_kv, hd]
     V   each cached value head, same                                                        [B, T_ctx, n_kv, hd]
     A   each head's attention output, before o_proj                                         [B, T, n_heads, hd]
-K, pK and V noise perturb a copy for this step only, so it never reaches the cache. H, Q and A noise changes the hidden
+K, pK and V noise perturb a copy for this step only, so it never reaches the cache. For one new token the model asks
+`NoisePlan.perturb_scores` to draw K/pK noise straight onto its attention scores (same distribution, G+2 draws per
+key instead of head_dim). With an isotropic kind, pK and K are the same distribution: RoPE is a rotation, and a
+rotated Gaussian direction is still isotropic; only "rotation-compat" tells them apart. H, Q and A noise changes the hidden
 states of later layers, whose K/V do reach the cache: `NoisePlan.taints_cache` tells the engine to book those
 positions for the cold shower.
 
@@ -462,9 +465,7 @@ class NoisePlan:
             return x.clone()
         if x.shape[:2] != positions.shape:
             raise _fail("positions", f"shape {tuple(positions.shape)} does not match x's [B, T] = {tuple(x.shape[:2])}")
-        layout = self._layouts.get(id(positions))
-        if layout is None or layout.positions is not positions:
-            layout = self._layouts[id(positions)] = _Layout(positions, self._sink_protect, len(self._generators))
+        layout = self._layout(positions)
         work = x if x.dtype in (torch.float32, torch.float64) else x.float()
         if self._kind == "rotation-compat":
             y = self._rotate_compat(work, theta, layout, direction_map)
@@ -480,11 +481,75 @@ class NoisePlan:
                 y = _rotate(work, g, theta, self._kind == "normal")
         if y.dtype != x.dtype:
             y = y.to(x.dtype)
-        if layout.kept_prefix is not None:
-            y[:, :layout.kept_prefix] = x[:, :layout.kept_prefix]
+        return _keep_unperturbed(y, x, layout)
+
+    def perturbs_scores(self, layer: int, head_dim: int, groups: int) -> bool:
+        """True when this layer's key noise (pK and/or K) can be drawn straight onto one query's attention scores
+        (`perturb_scores`): an isotropic kind, and room for the span of the `groups` queries plus the key."""
+        return (bool(self._thetas["pK"][layer] or self._thetas["K"][layer]) and self._kind != "rotation-compat"
+                and head_dim - groups - 1 >= 1)
+
+    def perturb_scores(self, layer: int, q: torch.Tensor, keys: torch.Tensor, scores: torch.Tensor,
+                       positions: torch.Tensor) -> torch.Tensor:
+        """This layer's pK and K noise, applied to the scores q·k of one new token instead of to the keys.
+
+        q [B, kv, G, d] holds the G query heads that share each kv head; keys [B, kv, L, d]; scores [B, kv, G, L]
+        float32, unscaled; positions [B, L] the keys' absolute positions (< 0: padding). Returns the scores that the
+        perturbed keys would give, float32.
+
+        Why it is exact: a key enters attention only through q_j·k. Write the G queries as q_j = U·R[:, j] (QR, U
+        orthonormal d×G). Split the drawn h ~ N(0, ½·I_d) into c = Uᵀh (G numbers), its component ε along the part of
+        k̂ outside span(U), and the remaining d−G−1 directions, of which only |·|² ~ Gamma((d−G−1)/2) matters. Then
+        h·k̂ = (Uᵀk̂)·c + |k̂ − UUᵀk̂|·ε, |h|² = |c|² + ε² + Gamma, and Uᵀy = α·Uᵀk + κ·c with the same α, κ as for the
+        whole key. So each key costs G+2 draws instead of d, every operation runs on G numbers instead of d, and the
+        scores follow exactly the distribution of perturbing all d coordinates. Since RoPE is a rotation and h is
+        isotropic, pK noise (before RoPE) has the very same distribution as K noise: both sites run this math, in the
+        order pK then K, each with its own draws."""
+        layout = self._layout(positions)
+        d = q.shape[-1]
+        basis, r = torch.linalg.qr(q.float().transpose(-1, -2))                   # U [B, kv, d, G], R [B, kv, G, G]
+        keys = keys.float()
+        # [B, kv, G, L]: the context on the last axis keeps every op below vectorised over it (G is 1 to 8)
+        coords = torch.matmul(basis.transpose(-1, -2), keys.transpose(-1, -2))     # Uᵀk
+        norm = torch.linalg.vector_norm(keys, dim=-1).unsqueeze(-2)               # |k|  [B, kv, 1, L]
+        moved = coords
+        for site in ("pK", "K"):
+            theta = self._thetas[site][layer]
+            if theta:
+                moved, norm = self._rotate_in_span(moved, norm, theta, d, layout)
+        noisy = torch.matmul(r.transpose(-1, -2), moved)                           # q_j·y = Σ_i R_ij (Uᵀy)_i
+        if layout.kept_prefix is not None:                         # sink and padding keep their exact scores
+            noisy[..., :layout.kept_prefix] = scores[..., :layout.kept_prefix]
         elif layout.keep is not None:
-            y = torch.where(layout.keep, x, y)
-        return y
+            noisy = torch.where(layout.keep[:, None, None, :, 0, 0], scores, noisy)
+        return noisy
+
+    def _rotate_in_span(self, coords: torch.Tensor, norm: torch.Tensor, theta: float, d: int,
+                        layout: _Layout) -> tuple[torch.Tensor, torch.Tensor]:
+        """One site's perturbation of keys known only by Uᵀk [B, kv, G, L] and |k| [B, kv, 1, L]: returns
+        (Uᵀy, |y|). See `perturb_scores`."""
+        B, kv, G, L = coords.shape
+        h = self._draw_per_key((B, kv, G + 1, L), coords, layout)       # Uᵀh, then h along k̂'s part outside U
+        c, eps = h[:, :, :G], h[:, :, G:]
+        rest = self._draw_per_key((B, kv, 1, L), coords, layout, gamma=(d - G - 1) / 2)   # |h|² in the others
+        outside = (norm * norm).sub_((coords * coords).sum(-2, keepdim=True)).clamp_min_(0.0).sqrt_()
+        w = (coords * c).sum(-2, keepdim=True).addcmul_(outside, eps).div_(norm.clamp_min(_TINY))   # h·k̂
+        hh = (h * h).sum(-2, keepdim=True).add_(rest)                                              # |h|²
+        if self._kind == "euclidean":
+            scale = norm * (theta * math.sqrt(2.0 / d))                                          # y = k + scale·h
+            grown = (norm * norm).addcmul_(2.0 * norm * scale, w).addcmul_(scale * scale, hh)
+            return torch.addcmul(coords, c, scale), grown.sqrt_()
+        if self._kind == "normal":
+            angle = w.abs().mul_(theta * _INV_SQRT2).clamp_max_(math.pi)
+        else:
+            angle = torch.erf(w).mul_(0.5 * theta).add_(0.5 * theta)
+        return _combine(coords, c, w, hh, norm, angle), norm
+
+    def _layout(self, positions: torch.Tensor) -> _Layout:
+        layout = self._layouts.get(id(positions))
+        if layout is None or layout.positions is not positions:
+            layout = self._layouts[id(positions)] = _Layout(positions, self._sink_protect, len(self._generators))
+        return layout
 
     def _fill(self, out: torch.Tensor, layout: _Layout, uniform: bool) -> torch.Tensor:
         """Fill out[B, T, ...] row by row from each row's own generator (N(0, ½) or uniform [0, 1))."""
@@ -514,6 +579,26 @@ class NoisePlan:
         fresh = torch.empty if layout.rows is None else torch.ones
         return self._fill(fresh(work.shape, dtype=work.dtype, device=work.device), layout, uniform=False)
 
+    def _draw_per_key(self, shape: tuple[int, ...], like: torch.Tensor, layout: _Layout,
+                      gamma: float | None = None) -> torch.Tensor:
+        """N(0, ½) draws (or Gamma(gamma, 1) ones) for a [B, ..., L] tensor whose last axis is the context, per row
+        from its own generator over its real positions, in logical order."""
+        def draw(size: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+            if gamma is None:
+                return torch.normal(0.0, _INV_SQRT2, size, generator=generator, dtype=like.dtype, device=like.device)
+            alpha = torch.full((), gamma, dtype=like.dtype, device=like.device)
+            return torch._standard_gamma(alpha.expand(size), generator=generator)
+
+        if layout.rows is None and len(self._generators) == 1:
+            return draw(shape, self._generators[0])
+        out = torch.ones(shape, dtype=like.dtype, device=like.device)     # padding: harmless placeholders
+        for b, generator in enumerate(self._generators):
+            selector = slice(None) if layout.rows is None else layout.rows[b]
+            count = len(range(shape[-1])[selector]) if isinstance(selector, slice) else selector.numel()
+            if count:
+                out[b, ..., selector] = draw(shape[1:-1] + (count,), generator)
+        return out
+
     def _rotate_compat(self, work: torch.Tensor, theta: float, layout: _Layout,
                        direction_map: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
         """DRUGS' original: rand_like direction, then a separate uniform angle (per row: direction, then angles)."""
@@ -523,6 +608,14 @@ class NoisePlan:
         angles = self._fill(torch.zeros(work.shape[:-1] + (1,), dtype=work.dtype, device=work.device),
                             layout, uniform=True).mul_(theta)
         return _rotate_by(work, direction, angles)
+
+
+def _keep_unperturbed(y: torch.Tensor, x: torch.Tensor, layout: _Layout) -> torch.Tensor:
+    """y with x put back at the sink and padding entries of [B, T, ...] (y is modified when it can be)."""
+    if layout.kept_prefix is not None:
+        y[:, :layout.kept_prefix] = x[:, :layout.kept_prefix]
+        return y
+    return y if layout.keep is None else torch.where(layout.keep, x, y)
 
 
 def _rotate(x: torch.Tensor, h: torch.Tensor, theta: float, half_normal: bool) -> torch.Tensor:

@@ -6,7 +6,9 @@
         q, k, v = h @ Wqkv (+ bias on Qwen2)   -- site Q on q, site pK on keys, both before RoPE
         q, k = rope(q), rope(k)                -- site K on keys after RoPE
         cache[slots] = k, v                    -- the cache always keeps what the model computed
-        a = softmax(q K^T / sqrt(d)) V         -- K/pK/V noise perturbs a copy of the whole context, per step
+        a = softmax(q K^T / sqrt(d)) V         -- K/pK/V noise: a fresh draw over the whole context, per step,
+                                               -- never written to the cache (a single new token's K/pK noise
+                                               -- is drawn straight onto its scores: NoisePlan.perturb_scores)
                                                -- site A on each head's output a
         x = x + a @ Wo
         x = x + (silu(rmsnorm(x) @ Wg) * (rmsnorm(x) @ Wu)) @ Wd
@@ -123,12 +125,19 @@ class Attention(nn.Module):
             kc[:, batch.write_slots] = k.reshape(B * T, self.n_kv, self.head_dim).transpose(0, 1)
             vc[:, batch.write_slots] = v.reshape(B * T, self.n_kv, self.head_dim).transpose(0, 1)
         keys, values = self._read_context(batch)                       # [B, kv_heads, L, d]
+        # one new token's key noise is drawn onto its scores (exactly the same distribution, far fewer draws)
+        noisy_scores = noise is not None and T == 1 and noise.perturbs_scores(layer, self.head_dim,
+                                                                              self.n_heads // self.n_kv)
         if noise is not None:
-            keys, values = self._perturb_context(keys, values, batch, rotary, noise)
+            sites = ("V",) if noisy_scores else ("pK", "K", "V")
+            keys, values = self._perturb_context(keys, values, batch, rotary, noise, sites)
 
         q = q.transpose(1, 2)                                          # [B, heads, T, d]
-        out = self._attend(q, keys, values, batch, T)                  # [B, heads, T, d]
-        captured = self._capture(q[:, :, -1], keys, batch) if capture else None
+        if noisy_scores:
+            out, captured = self._attend_with_noisy_scores(q, keys, values, batch, noise, capture)
+        else:
+            out = self._attend(q, keys, values, batch, T)              # [B, heads, T, d]
+            captured = self._capture(q[:, :, -1], keys, batch) if capture else None
         out = out.transpose(1, 2)                                      # [B, T, heads, d]
         if noise is not None and noise.theta("A", layer):
             out = noise.apply("A", layer, out, batch.positions)
@@ -145,11 +154,11 @@ class Attention(nn.Module):
         values = vc[:, idx].view(self.n_kv, B, L, self.head_dim).transpose(0, 1)
         return keys, values
 
-    def _perturb_context(self, keys, values, batch, rotary: Rotary, noise):
+    def _perturb_context(self, keys, values, batch, rotary: Rotary, noise, sites: tuple[str, ...]):
         """K/pK/V noise: a fresh draw over the whole context, on a copy; the cache keeps the clean values."""
         layer = self.layer_idx
         positions = None
-        for site in ("pK", "K", "V"):
+        for site in sites:
             if not noise.theta(site, layer):
                 continue
             if positions is None:
@@ -192,13 +201,31 @@ class Attention(nn.Module):
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None], scale=self.scale,
                                               enable_gqa=groups > 1)
 
+    def _attend_with_noisy_scores(self, q, keys, values, batch: ForwardBatch, noise,
+                                  capture: bool) -> tuple[torch.Tensor, dict | None]:
+        """One new token whose keys carry pK/K noise: the noise lands on its float32 scores
+        (NoisePlan.perturb_scores), so the attention is written out as scores, softmax, weighted sum."""
+        B, groups = q.shape[0], self.n_heads // self.n_kv
+        qg = q.reshape(B, self.n_kv, groups, self.head_dim)
+        scores = torch.matmul(qg.float(), keys.float().transpose(-1, -2))            # [B, kv, groups, L]
+        scores = noise.perturb_scores(self.layer_idx, qg, keys, scores, batch.key_positions()).mul_(self.scale)
+        if batch.valid is not None:
+            scores.masked_fill_(~batch.valid[:, None, None, :], float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        out = torch.matmul(probs.to(values.dtype), values).reshape(B, self.n_heads, 1, self.head_dim)
+        return out, self._rows(scores.reshape(B, self.n_heads, -1), batch) if capture else None
+
     def _capture(self, q_last: torch.Tensor, keys: torch.Tensor, batch: ForwardBatch) -> dict:
         """Scaled scores and softmax of the newest query row over each sequence's valid context."""
         B = q_last.shape[0]
         groups = self.n_heads // self.n_kv
         qg = q_last.float().reshape(B, self.n_kv, groups, self.head_dim)
         scores = torch.matmul(qg, keys.float().transpose(-1, -2)) * self.scale   # [B, kv, groups, L]
-        scores = scores.reshape(B, self.n_heads, -1)
+        return self._rows(scores.reshape(B, self.n_heads, -1), batch)
+
+    @staticmethod
+    def _rows(scores: torch.Tensor, batch: ForwardBatch) -> dict:
+        """Per sequence: its [heads, length] scaled scores and their softmax."""
         rows = []
         for b, length in enumerate(batch.lengths):
             s = scores[b, :, :length]

@@ -56,17 +56,21 @@ def test_n_samples_each_get_their_own_noise(engine):
     assert alone.text == out.choices[0].text           # a sample's noise does not depend on its batch
 
 
-def test_pk_noise_differs_from_k_noise(engine):
+@pytest.mark.parametrize("kind", ["rotation", "rotation-compat"])
+def test_pk_is_k_for_isotropic_noise_and_differs_for_compat(engine, kind):
+    """RoPE is a rotation and a Gaussian direction is isotropic, so noise before RoPE (pK) has the same distribution
+    as noise after it (K), and the engine draws both alike; DRUGS' uniform [0, 1) directions are not isotropic."""
     ids = engine.tokenizer.encode(PROMPT + ", there was a little girl")
     outs = {}
     for site in ("pK", "K"):
         seq = engine.cache.new_sequence()
         engine._forward([seq], [ids[:-1]])
-        plan = Drugs(dose_theta=0.5, sites=site).plan(engine.config.n_layers, [torch.Generator().manual_seed(0)])
+        plan = Drugs(dose_theta=0.5, sites=site, kind=kind).plan(engine.config.n_layers,
+                                                                 [torch.Generator().manual_seed(0)])
         outs[site] = engine._forward([seq], [ids[-1:]], noise=plan).logits[0]
         engine.cache.free(seq)
     clean = engine.logits(ids)[-1]
-    assert not torch.allclose(outs["pK"], outs["K"])
+    assert torch.equal(outs["pK"], outs["K"]) is (kind == "rotation")
     assert not torch.allclose(outs["pK"], clean) and not torch.allclose(outs["K"], clean)
 
 

@@ -128,6 +128,7 @@ def test_bf16_input_gets_fp32_math_and_keeps_its_dtype():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_sink_positions_and_padding_are_bit_identical(dtype):
+    torch.manual_seed(0)              # in bfloat16 a vector turned by a tiny angle can round back to itself
     x = torch.randn(2, 12, 3, 16).to(dtype)
     pos = torch.tensor([list(range(12)), [-1, -1, -1] + list(range(9))])     # row 1 is left-padded
     y = make_plan(0.5, "V", sink=6, seeds=(0, 1)).apply("V", 0, x, pos)
@@ -219,6 +220,62 @@ def test_positions_must_match_the_batch_and_the_generators():
         plan.apply("K", 0, torch.randn(1, 4, 2, 8), positions(1, 4))            # 1 row, 2 generators
     with pytest.raises(SamplerArgumentError, match="positions"):
         plan.apply("K", 0, torch.randn(2, 4, 2, 8), positions(2, 3))
+
+
+# ------------------------------------------------------------------------------------ key noise drawn on the scores
+
+def scores_both_ways(kind: str, sites: str, d: int, groups: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One key repeated `count` times, seen by `groups` queries: the noisy scores from perturbing the keys
+    (NoisePlan.apply) and from perturb_scores, each with its own seed. [groups, count] each."""
+    torch.manual_seed(d * 10 + groups)
+    q = torch.randn(1, 1, groups, d)
+    k = torch.randn(d).expand(1, 1, count, d).contiguous()
+    pos = positions(1, count, start=6)
+    keys = k.transpose(1, 2)
+    for i, site in enumerate(sites.split(",")):
+        keys = make_plan(1.0, sites, kind=kind, seeds=(10 + i,), n_layers=1).apply(site, 0, keys, pos)
+    explicit = (q @ keys.permute(0, 2, 3, 1))[0, 0]
+    drawn = make_plan(1.0, sites, kind=kind, seeds=(1,), n_layers=1).perturb_scores(0, q, k, q @ k.transpose(-1, -2),
+                                                                                    pos)[0, 0]
+    return explicit, drawn
+
+
+@pytest.mark.parametrize("kind", ["rotation", "normal", "euclidean"])
+@pytest.mark.parametrize("d,groups,sites", [(64, 3, "K"), (8, 2, "K"), (16, 4, "pK,K")])
+def test_noise_drawn_on_the_scores_has_the_distribution_of_noisy_keys(kind, d, groups, sites):
+    """Each query head's scores pass a two-sample Kolmogorov-Smirnov test (20000 draws each, α = 1e-4) and the
+    correlation between heads agrees within sampling error."""
+    explicit, drawn = scores_both_ways(kind, sites, d, groups, 20000)
+    count = explicit.shape[1]
+    critical = math.sqrt(-math.log(1e-4 / 2) / 2) * math.sqrt(2 / count)
+    for a, b in zip(explicit.double(), drawn.double()):
+        grid = torch.cat([a, b]).sort().values
+        cdf_a = torch.searchsorted(a.sort().values, grid, right=True) / count
+        cdf_b = torch.searchsorted(b.sort().values, grid, right=True) / count
+        assert (cdf_a - cdf_b).abs().max() <= critical
+    assert (torch.corrcoef(explicit) - torch.corrcoef(drawn)).abs().max() <= 0.06
+
+
+def test_noise_on_the_scores_spares_sinks_and_padding_and_keeps_rows_apart():
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 2, 3, 16), torch.randn(2, 2, 12, 16)
+    clean = q @ k.transpose(-1, -2)
+    pos = torch.stack([torch.arange(12), torch.tensor(list(range(9)) + [-1, -1, -1])])
+    noisy = make_plan(0.5, "pK,K", seeds=(4, 5)).perturb_scores(0, q, k, clean, pos)
+    assert torch.equal(noisy[..., :6], clean[..., :6]) and torch.equal(noisy[1, ..., 9:], clean[1, ..., 9:])
+    assert (noisy[0, ..., 6:] != clean[0, ..., 6:]).all() and (noisy[1, ..., 6:9] != clean[1, ..., 6:9]).all()
+    alone = make_plan(0.5, "pK,K", seeds=(5,)).perturb_scores(0, q[1:], k[1:, :, :9], clean[1:, ..., :9],
+                                                            positions(1, 9))
+    # a row's draws do not depend on the batch (its matmuls over 9 or 12 keys may round differently)
+    assert torch.allclose(alone[0], noisy[1, ..., :9], rtol=1e-5, atol=1e-5)
+
+
+def test_scores_path_only_for_isotropic_noise_with_room_for_the_queries():
+    assert make_plan(0.5, "K").perturbs_scores(0, head_dim=64, groups=3)
+    assert make_plan(0.5, "pK").perturbs_scores(0, head_dim=8, groups=2)
+    assert not make_plan(0.5, "V").perturbs_scores(0, head_dim=64, groups=3)            # no key noise here
+    assert not make_plan(0.5, "K", kind="rotation-compat").perturbs_scores(0, head_dim=64, groups=3)
+    assert not make_plan(0.5, "K").perturbs_scores(0, head_dim=4, groups=3)             # the span fills the space
 
 
 # --------------------------------------------------------------------------------------------- the plan interface
