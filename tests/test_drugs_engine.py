@@ -74,6 +74,19 @@ def test_pk_is_k_for_isotropic_noise_and_differs_for_compat(engine, kind):
     assert not torch.allclose(outs["pK"], clean) and not torch.allclose(outs["K"], clean)
 
 
+@pytest.mark.parametrize("sites", [("K", "pK"), ALL_SITES])
+def test_streams_of_different_lengths_stepped_together_get_their_own_noise(engine, sites):
+    """Batched decode pads the shorter context; each row still draws its own noise over its real positions only."""
+    drugs = Drugs(dose_theta=0.5, sites=sites)
+    prompts = ["Once upon a time", "The little dog ran to the park with his ball and"]
+    alone = [engine.generate(p, max_new_tokens=12, drugs=drugs, seed=3 + i).tokens for i, p in enumerate(prompts)]
+    streams = [engine.stream(p, max_new_tokens=12, drugs=drugs, seed=3 + i) for i, p in enumerate(prompts)]
+    while not all(s.finished for s in streams):
+        engine.step([s for s in streams if not s.finished])
+    assert [s.completion.tokens for s in streams] == alone
+    assert engine.cache.manager.used_blocks == 0
+
+
 def test_k_and_v_noise_perturb_a_copy_never_the_cache(engine):
     seq = engine.cache.new_sequence()
     ids = engine.tokenizer.encode(PROMPT + ", there was a little girl")
