@@ -518,11 +518,7 @@ class NoisePlan:
             if theta:
                 moved, norm = self._rotate_in_span(moved, norm, theta, d, layout)
         noisy = torch.matmul(r.transpose(-1, -2), moved)                           # q_j·y = Σ_i R_ij (Uᵀy)_i
-        if layout.kept_prefix is not None:                         # sink and padding keep their exact scores
-            noisy[..., :layout.kept_prefix] = scores[..., :layout.kept_prefix]
-        elif layout.keep is not None:
-            noisy = torch.where(layout.keep[:, None, None, :, 0, 0], scores, noisy)
-        return noisy
+        return _keep_unperturbed(noisy, scores, layout, context_last=True)      # sink and padding: exact scores
 
     def _rotate_in_span(self, coords: torch.Tensor, norm: torch.Tensor, theta: float, d: int,
                         layout: _Layout) -> tuple[torch.Tensor, torch.Tensor]:
@@ -610,12 +606,17 @@ class NoisePlan:
         return _rotate_by(work, direction, angles)
 
 
-def _keep_unperturbed(y: torch.Tensor, x: torch.Tensor, layout: _Layout) -> torch.Tensor:
-    """y with x put back at the sink and padding entries of [B, T, ...] (y is modified when it can be)."""
+def _keep_unperturbed(y: torch.Tensor, x: torch.Tensor, layout: _Layout, context_last: bool = False) -> torch.Tensor:
+    """y with x put back at the sink and padding entries (y is modified when it can be). The positions are axis 1
+    ([B, T, ...]), or the last axis ([B, ..., L]) with `context_last`."""
     if layout.kept_prefix is not None:
-        y[:, :layout.kept_prefix] = x[:, :layout.kept_prefix]
+        kept = (..., slice(layout.kept_prefix)) if context_last else (slice(None), slice(layout.kept_prefix))
+        y[kept] = x[kept]
         return y
-    return y if layout.keep is None else torch.where(layout.keep, x, y)
+    if layout.keep is None:
+        return y
+    keep = layout.keep[:, None, None, :, 0, 0] if context_last else layout.keep      # keep is [B, T, 1, 1]
+    return torch.where(keep, x, y)
 
 
 def _rotate(x: torch.Tensor, h: torch.Tensor, theta: float, half_normal: bool) -> torch.Tensor:

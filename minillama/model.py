@@ -217,7 +217,8 @@ class Attention(nn.Module):
         (NoisePlan.perturb_scores), so the attention is written out as scores, softmax, weighted sum."""
         B, groups = q.shape[0], self.n_heads // self.n_kv
         qg = q.reshape(B, self.n_kv, groups, self.head_dim)
-        scores = torch.matmul(qg.float(), keys.float().transpose(-1, -2))            # [B, kv, groups, L]
+        keys = keys.float()                                                           # converted once, used twice
+        scores = torch.matmul(qg.float(), keys.transpose(-1, -2))                   # [B, kv, groups, L]
         scores = noise.perturb_scores(self.layer_idx, qg, keys, scores, batch.key_positions()).mul_(self.scale)
         if batch.valid is not None:
             scores.masked_fill_(~batch.valid[:, None, None, :], float("-inf"))
